@@ -4,9 +4,16 @@ The AppArmor profile is chosen once, when the container starts, by
 select_apparmor_profile, and stored in the container's record. An exec
 inherits that stored profile and never selects again. So `exec --privileged`
 grants every capability but keeps the container's profile, as in dockerd.
+
+"Every capability" means every capability in the daemon's bounding set,
+because runc cannot grant a capability that the process running it lacks.
+The caller reads that set from /proc/self/status and passes it through
+bounding_capabilities.
 """
 
 from __future__ import annotations
+
+import string
 
 import attrs
 
@@ -36,9 +43,11 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
 )
 
 # Every capability in the Linux headers up to CAP_CHECKPOINT_RESTORE (40),
-# in kernel number order. runc 1.1 skips, with a warning, any capability that
-# the running kernel does not know. A capability missing from the bounding set
-# of the process that runs runc makes runc fail with "unable to apply caps".
+# indexed by capability number. runc 1.1 skips, with a warning, any capability
+# that the running kernel does not know. A capability missing from the bounding
+# set of the process that runs runc makes runc fail with "unable to apply caps".
+# Where the daemon's bounding set is smaller, the caller passes
+# bounding_capabilities as `all_capabilities` to the spec builders.
 ALL_CAPABILITIES: tuple[str, ...] = (
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -83,18 +92,13 @@ ALL_CAPABILITIES: tuple[str, ...] = (
     "CAP_CHECKPOINT_RESTORE",
 )
 
-# Open-file limit of every container and exec process. dockerd 20.10 writes no
-# rlimits into the spec, so its containers inherit the daemon's limit, which
-# docker.service sets with LimitNOFILE=infinity, the largest value the kernel
-# allows. That maximum is fs.nr_open, whose default is 1048576. A fixed value
-# keeps containers independent of the limit Dockyard itself was started with.
-# NOTE: runc fails with "error setting rlimits" where fs.nr_open is lower, or
-# where the daemon's own hard limit is lower and it lacks CAP_SYS_RESOURCE.
-# There the caller must pass lower limits to container_spec.
-NOFILE_LIMIT = 1_048_576
-DEFAULT_RLIMITS: tuple[oci.Rlimit, ...] = (
-    oci.Rlimit(type="RLIMIT_NOFILE", hard=NOFILE_LIMIT, soft=NOFILE_LIMIT),
-)
+# Resource limits written into every container and exec spec: none, as
+# dockerd 20.10 writes none unless --ulimit or --default-ulimit sets some.
+# runc then calls no setrlimit, so each process inherits the limits of the
+# daemon that started runc. Fixed limits would make runc fail with "error
+# setting rlimits" wherever they exceed the daemon's hard limit and the daemon
+# lacks CAP_SYS_RESOURCE. Callers may still pass explicit limits.
+DEFAULT_RLIMITS: tuple[oci.Rlimit, ...] = ()
 
 # Working directory when neither the exec nor the container sets one.
 DEFAULT_WORKING_DIR = "/"
@@ -116,6 +120,29 @@ def select_apparmor_profile(
     if privileged:
         return UNCONFINED_APPARMOR_PROFILE
     return DEFAULT_APPARMOR_PROFILE
+
+
+def bounding_capabilities(cap_bnd_hex: str) -> tuple[str, ...]:
+    """Map a capability mask onto the names in ALL_CAPABILITIES.
+
+    `cap_bnd_hex` is the hexadecimal value of the CapBnd line of
+    /proc/self/status, such as "000001fffeffffff". Bit n set selects
+    ALL_CAPABILITIES[n]. The result keeps kernel number order. Raises
+    ValueError if `cap_bnd_hex` is not hexadecimal.
+    """
+    digits = cap_bnd_hex.strip()
+    if not digits or any(char not in string.hexdigits for char in digits):
+        raise ValueError(
+            f"invalid capability mask {cap_bnd_hex!r}: expected hexadecimal "
+            "digits, as in the CapBnd line of /proc/self/status"
+        )
+
+    # NOTE: bits above CAP_CHECKPOINT_RESTORE (40) are dropped, because
+    # ALL_CAPABILITIES has no name for them.
+    mask = int(digits, 16)
+    return tuple(
+        name for number, name in enumerate(ALL_CAPABILITIES) if mask >> number & 1
+    )
 
 
 def capability_sets(names: tuple[str, ...]) -> oci.Capabilities:
@@ -141,6 +168,9 @@ class ExecContainer:
     capabilities: tuple[str, ...]
     # The resource limits the container started with, which an exec inherits.
     rlimits: tuple[oci.Rlimit, ...] = DEFAULT_RLIMITS
+    # Capabilities of a privileged exec and of every exec in a privileged
+    # container. Pass the daemon's bounding_capabilities where it lacks some.
+    all_capabilities: tuple[str, ...] = ALL_CAPABILITIES
 
 
 @attrs.frozen(kw_only=True)
@@ -203,7 +233,7 @@ def exec_process(
 
     working_dir = options.working_dir or container.working_dir or DEFAULT_WORKING_DIR
     if container.privileged or options.privileged:
-        capabilities = ALL_CAPABILITIES
+        capabilities = container.all_capabilities
     else:
         capabilities = container.capabilities
 

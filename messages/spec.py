@@ -6,9 +6,10 @@ namespace has only the loopback interface, which runc brings up. Dockyard
 writes no network configuration files (/etc/hosts, /etc/resolv.conf,
 /etc/hostname) into the container.
 
-A privileged container differs as in dockerd: it gets every capability and
-access to every device, /sys and /sys/fs/cgroup are mounted read-write, and no
-path is masked or made read-only.
+A privileged container differs as in dockerd: it gets every capability of
+`all_capabilities`, which defaults to ALL_CAPABILITIES, and access to every
+device. /sys and /sys/fs/cgroup are mounted read-write, and no path is masked
+or made read-only.
 
 NOTE: no seccomp profile is set, so the system calls that dockerd's default
 profile blocks are allowed. Host devices are not created in a privileged
@@ -175,13 +176,16 @@ def container_spec(
     capabilities: tuple[str, ...],
     rlimits: tuple[oci.Rlimit, ...] = DEFAULT_RLIMITS,
     cgroups_path: str | None = None,
+    all_capabilities: tuple[str, ...] = ALL_CAPABILITIES,
 ) -> oci.Spec:
     """Build the config.json that runs `args` in `rootfs`.
 
     `apparmor_profile` comes from select_apparmor_profile and `capabilities`
     is the set of a container that is not privileged. A privileged container
-    gets ALL_CAPABILITIES whatever `capabilities` contains. `rlimits` defaults
-    to DEFAULT_RLIMITS, and `cgroups_path` None lets runc choose the cgroup.
+    gets `all_capabilities` whatever `capabilities` contains. Pass the daemon's
+    bounding_capabilities there when its bounding set lacks some capability.
+    `rlimits` defaults to none, so the container inherits the limits of runc,
+    and `cgroups_path` None lets runc choose the cgroup.
     Raises InvalidRequest for empty `args` or a relative `cwd`.
     """
     if not args:
@@ -195,7 +199,7 @@ def container_spec(
         args=args,
         env=env,
         cwd=check_working_dir(cwd),
-        capabilities=capability_sets(ALL_CAPABILITIES if privileged else capabilities),
+        capabilities=capability_sets(all_capabilities if privileged else capabilities),
         rlimits=rlimits,
         no_new_privileges=False,
         apparmor_profile=apparmor_profile,

@@ -22,9 +22,9 @@ from messages.execspec import (
     DEFAULT_APPARMOR_PROFILE,
     DEFAULT_CAPABILITIES,
     DEFAULT_RLIMITS,
-    NOFILE_LIMIT,
     ExecContainer,
     ExecOptions,
+    bounding_capabilities,
     exec_process,
     select_apparmor_profile,
 )
@@ -74,14 +74,8 @@ def status_field(status: str, field: str) -> str:
     raise AssertionError(f"{field} missing from /proc/<pid>/status: {status!r}")
 
 
-def own_capability_mask(field: str) -> int:
-    return int(status_field(Path("/proc/self/status").read_text(), field), 16)
-
-
-def kernel_capabilities(names: tuple[str, ...]) -> tuple[str, ...]:
-    """Return the capabilities the running kernel defines, which runc applies."""
-    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    return tuple(name for name in names if ALL_CAPABILITIES.index(name) <= last)
+def own_capability_field(field: str) -> str:
+    return status_field(Path("/proc/self/status").read_text(), field)
 
 
 def capability_mask(names: tuple[str, ...]) -> int:
@@ -91,31 +85,25 @@ def capability_mask(names: tuple[str, ...]) -> int:
     return mask
 
 
-def require_all_capabilities() -> None:
-    """Fail or skip unless runc, started from here, can grant every capability."""
-    bounding = own_capability_mask("CapBnd")
-    absent = [
-        name
-        for name in kernel_capabilities(ALL_CAPABILITIES)
-        if not bounding & capability_mask((name,))
-    ]
-    if absent:
-        fail_or_skip([f"{', '.join(absent)} in the test's bounding set"])
+def host_all_capabilities() -> tuple[str, ...]:
+    """Return the capabilities runc, started from here, can grant a process."""
+    return bounding_capabilities(own_capability_field("CapBnd"))
 
 
-def can_raise_nofile_limit() -> bool:
-    """Tell whether runc, started from here, can apply DEFAULT_RLIMITS."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    sys_resource = capability_mask(("CAP_SYS_RESOURCE",))
-    return hard >= NOFILE_LIMIT or bool(own_capability_mask("CapEff") & sys_resource)
+def own_privileged_mask() -> int:
+    """Return the test's bounding set, limited to the capabilities Dockyard names."""
+    return int(own_capability_field("CapBnd"), 16) & capability_mask(ALL_CAPABILITIES)
 
 
-def host_rlimits() -> tuple[oci.Rlimit, ...]:
-    """Return DEFAULT_RLIMITS, or the test's own limit where runc cannot raise it."""
-    if can_raise_nofile_limit():
-        return DEFAULT_RLIMITS
+def ulimit_text(limit: int) -> str:
+    """Format a limit as busybox sh's `ulimit` prints it."""
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
+def own_nofile_limits() -> list[str]:
+    """Return the test's soft and hard RLIMIT_NOFILE as busybox sh prints them."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return (oci.Rlimit(type="RLIMIT_NOFILE", hard=hard, soft=soft),)
+    return [ulimit_text(soft), ulimit_text(hard)]
 
 
 def host_apparmor_profile() -> str:
@@ -170,7 +158,7 @@ class Runc:
         *,
         user: ResolvedUser,
         privileged: bool = False,
-        rlimits: tuple[oci.Rlimit, ...] = (),
+        rlimits: tuple[oci.Rlimit, ...] = DEFAULT_RLIMITS,
     ) -> None:
         spec = container_spec(
             rootfs=str(self.rootfs),
@@ -182,7 +170,8 @@ class Runc:
             privileged=privileged,
             apparmor_profile=host_apparmor_profile(),
             capabilities=DEFAULT_CAPABILITIES,
-            rlimits=rlimits or host_rlimits(),
+            rlimits=rlimits,
+            all_capabilities=host_all_capabilities(),
         )
         (self.bundle / "config.json").write_bytes(oci.spec_to_json(spec))
 
@@ -305,29 +294,37 @@ def test_run_default_capabilities(runc: Runc) -> None:
 
 
 def test_run_privileged_capabilities(runc: Runc) -> None:
-    require_all_capabilities()
-
     result = run_container(runc, ("cat", "/proc/self/status"), privileged=True)
 
     assert result.returncode == 0, result.stderr
-    expected = capability_mask(kernel_capabilities(ALL_CAPABILITIES))
+    expected = own_privileged_mask()
     assert int(status_field(result.stdout, "CapEff"), 16) == expected
     assert int(status_field(result.stdout, "CapBnd"), 16) == expected
 
 
 def test_run_default_nofile_limit(runc: Runc) -> None:
-    if not can_raise_nofile_limit():
-        fail_or_skip([f"CAP_SYS_RESOURCE or a hard RLIMIT_NOFILE of {NOFILE_LIMIT}"])
+    # DEFAULT_RLIMITS is empty, so the container inherits the test's limits.
+    result = run_container(runc, ("sh", "-c", "ulimit -n; ulimit -Hn"))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == own_nofile_limits()
+
+
+def test_run_explicit_nofile_limit(runc: Runc) -> None:
+    # Lowering a limit needs no capability, so runc can apply these anywhere.
+    _, own_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = min(own_hard, 1024)
+    soft = hard // 2
     runc.write_spec(
-        ("sh", "-c", "ulimit -Sn; ulimit -Hn"),
+        ("sh", "-c", "ulimit -n; ulimit -Hn"),
         user=runc.resolve(""),
-        rlimits=DEFAULT_RLIMITS,
+        rlimits=(oci.Rlimit(type="RLIMIT_NOFILE", hard=hard, soft=soft),),
     )
 
     result = runc.run("run", "--bundle", runc.bundle, runc.new_id())
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(NOFILE_LIMIT), str(NOFILE_LIMIT)]
+    assert result.stdout.split() == [str(soft), str(hard)]
 
 
 def test_run_masks_paths(runc: Runc) -> None:
@@ -357,7 +354,7 @@ def exec_record() -> ExecContainer:
         privileged=False,
         apparmor_profile=host_apparmor_profile(),
         capabilities=DEFAULT_CAPABILITIES,
-        rlimits=host_rlimits(),
+        all_capabilities=host_all_capabilities(),
     )
 
 
@@ -399,7 +396,6 @@ def test_exec_default_capabilities(runc: Runc) -> None:
 
 
 def test_exec_privileged_capabilities(runc: Runc) -> None:
-    require_all_capabilities()
     runc.write_spec(("sleep", "1000"), user=runc.resolve(""))
     container_id = runc.create_and_start()
     options = ExecOptions(cmd=("cat", "/proc/self/status"), privileged=True)
@@ -410,6 +406,22 @@ def test_exec_privileged_capabilities(runc: Runc) -> None:
     executed = runc.exec(container_id, process)
 
     assert executed.returncode == 0, executed.stderr
-    expected = capability_mask(kernel_capabilities(ALL_CAPABILITIES))
+    expected = own_privileged_mask()
     assert int(status_field(executed.stdout, "CapEff"), 16) == expected
+    assert int(status_field(executed.stdout, "CapBnd"), 16) == expected
+    runc.kill_and_delete(container_id)
+
+
+def test_exec_default_nofile_limit(runc: Runc) -> None:
+    runc.write_spec(("sleep", "1000"), user=runc.resolve(""))
+    container_id = runc.create_and_start()
+    options = ExecOptions(cmd=("sh", "-c", "ulimit -n; ulimit -Hn"))
+    process = exec_process(
+        container=exec_record(), options=options, user=runc.resolve("")
+    )
+
+    executed = runc.exec(container_id, process)
+
+    assert executed.returncode == 0, executed.stderr
+    assert executed.stdout.split() == own_nofile_limits()
     runc.kill_and_delete(container_id)

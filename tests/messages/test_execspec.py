@@ -12,10 +12,10 @@ from messages.execspec import (
     DEFAULT_APPARMOR_PROFILE,
     DEFAULT_CAPABILITIES,
     DEFAULT_RLIMITS,
-    NOFILE_LIMIT,
     UNCONFINED_APPARMOR_PROFILE,
     ExecContainer,
     ExecOptions,
+    bounding_capabilities,
     exec_process,
     merge_env,
     select_apparmor_profile,
@@ -124,6 +124,75 @@ def test_capability_constants() -> None:
     assert ALL_CAPABILITIES[40] == "CAP_CHECKPOINT_RESTORE"
 
 
+# The CapBnd line of a host whose bounding set lacks CAP_SYS_RESOURCE (24).
+NO_SYS_RESOURCE_MASK = "000001fffeffffff"
+NO_SYS_RESOURCE = tuple(name for name in ALL_CAPABILITIES if name != "CAP_SYS_RESOURCE")
+
+# (CapBnd value, expected capabilities)
+BOUNDING_CASES = [
+    ("000001ffffffffff", ALL_CAPABILITIES),
+    (NO_SYS_RESOURCE_MASK, NO_SYS_RESOURCE),
+    ("0000000000000000", ()),
+    ("0", ()),
+    ("0000000000000001", ("CAP_CHOWN",)),
+    ("0000000000200020", ("CAP_KILL", "CAP_SYS_ADMIN")),
+    ("0000010000000000", ("CAP_CHECKPOINT_RESTORE",)),
+    # Bits above CAP_CHECKPOINT_RESTORE have no name, so they are dropped.
+    ("ffffffffffffffff", ALL_CAPABILITIES),
+    ("0000020000000000", ()),
+    ("000001FFFEFFFFFF", NO_SYS_RESOURCE),
+    ("000001fffeffffff\n", NO_SYS_RESOURCE),
+]
+
+
+@pytest.mark.parametrize(("mask", "expected"), BOUNDING_CASES)
+def test_bounding_capabilities(mask: str, expected: tuple[str, ...]) -> None:
+    assert bounding_capabilities(mask) == expected
+
+
+def test_bounding_capabilities_drops_sys_resource() -> None:
+    names = bounding_capabilities(NO_SYS_RESOURCE_MASK)
+
+    assert set(ALL_CAPABILITIES) - set(names) == {"CAP_SYS_RESOURCE"}
+    assert len(names) == len(ALL_CAPABILITIES) - 1
+
+
+@pytest.mark.parametrize("mask", ["", "  ", "0x1f", "-1", "+1f", "1_f", "xyz"])
+def test_bounding_capabilities_rejects_bad_mask(mask: str) -> None:
+    with pytest.raises(ValueError, match="invalid capability mask"):
+        bounding_capabilities(mask)
+
+
+# (container privileged, exec privileged)
+PRIVILEGE_CASES = [(False, False), (False, True), (True, False), (True, True)]
+
+
+@pytest.mark.parametrize(("container_privileged", "exec_privileged"), PRIVILEGE_CASES)
+def test_exec_honours_all_capabilities(
+    container_privileged: bool, exec_privileged: bool
+) -> None:
+    container = attrs.evolve(
+        CONTAINER, privileged=container_privileged, all_capabilities=NO_SYS_RESOURCE
+    )
+    options = ExecOptions(cmd=("id",), privileged=exec_privileged)
+
+    process = exec_process(container=container, options=options, user=ROOT)
+
+    if container_privileged or exec_privileged:
+        expected = NO_SYS_RESOURCE
+    else:
+        expected = DEFAULT_CAPABILITIES
+    assert process.capabilities.bounding == expected
+    assert process.capabilities.effective == expected
+    assert process.capabilities.permitted == expected
+    assert process.capabilities.inheritable == ()
+    assert process.capabilities.ambient == ()
+
+
+def test_exec_container_all_capabilities_default() -> None:
+    assert CONTAINER.all_capabilities == ALL_CAPABILITIES
+
+
 # (container env, exec env, expected env)
 ENV_CASES = [
     (("A=1", "B=2"), (), ("A=1", "B=2")),
@@ -209,11 +278,19 @@ def test_exec_process_defaults() -> None:
     assert process.terminal is False
     assert process.no_new_privileges is False
     assert process.rlimits == DEFAULT_RLIMITS
-    assert process.rlimits == (
-        oci.Rlimit(type="RLIMIT_NOFILE", hard=NOFILE_LIMIT, soft=NOFILE_LIMIT),
-    )
-    assert NOFILE_LIMIT == 1048576
+    assert process.rlimits == ()
     assert process.oom_score_adj is None
+
+
+def test_exec_inherits_container_rlimits() -> None:
+    rlimits = (oci.Rlimit(type="RLIMIT_NOFILE", hard=4096, soft=1024),)
+    container = attrs.evolve(CONTAINER, rlimits=rlimits)
+
+    process = exec_process(
+        container=container, options=ExecOptions(cmd=("sh",)), user=ROOT
+    )
+
+    assert process.rlimits == rlimits
 
 
 def test_exec_rejects_empty_cmd() -> None:

@@ -11,7 +11,12 @@ import pytest
 
 from messages import oci
 from messages.errors import InvalidRequest
-from messages.execspec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_RLIMITS
+from messages.execspec import (
+    ALL_CAPABILITIES,
+    DEFAULT_CAPABILITIES,
+    DEFAULT_RLIMITS,
+    bounding_capabilities,
+)
 from messages.spec import MASKED_PATHS, NAMESPACE_TYPES, READONLY_PATHS, container_spec
 from messages.users import ResolvedUser
 
@@ -239,7 +244,12 @@ def test_spec_from_json_rejects_bad_field() -> None:
 ALICE = ResolvedUser(uid=1000, gid=1000, additional_gids=(50,), home="/home/alice")
 
 
-def build_spec(*, privileged: bool) -> oci.Spec:
+def build_spec(
+    *,
+    privileged: bool,
+    all_capabilities: tuple[str, ...] = ALL_CAPABILITIES,
+    rlimits: tuple[oci.Rlimit, ...] = DEFAULT_RLIMITS,
+) -> oci.Spec:
     return container_spec(
         rootfs="/bundle/rootfs",
         hostname="abc123",
@@ -250,6 +260,8 @@ def build_spec(*, privileged: bool) -> oci.Spec:
         privileged=privileged,
         apparmor_profile="docker-default",
         capabilities=DEFAULT_CAPABILITIES,
+        rlimits=rlimits,
+        all_capabilities=all_capabilities,
     )
 
 
@@ -262,6 +274,7 @@ def test_container_spec_process() -> None:
     assert process.env == ("PATH=/bin",)
     assert process.cwd == "/"
     assert process.rlimits == DEFAULT_RLIMITS
+    assert process.rlimits == ()
     assert process.no_new_privileges is False
     assert process.apparmor_profile == "docker-default"
     assert process.capabilities.bounding == DEFAULT_CAPABILITIES
@@ -317,6 +330,61 @@ def test_container_spec_privileged() -> None:
     sys_mount = next(mount for mount in spec.mounts if mount.destination == "/sys")
     assert "rw" in sys_mount.options
     assert spec.process.apparmor_profile == "docker-default"
+
+
+def test_container_spec_defaults() -> None:
+    spec = container_spec(
+        rootfs="rootfs",
+        hostname="h",
+        args=("true",),
+        env=(),
+        cwd="/",
+        user=ALICE,
+        privileged=True,
+        apparmor_profile="",
+        capabilities=DEFAULT_CAPABILITIES,
+    )
+
+    assert spec.process.rlimits == ()
+    assert spec.process.capabilities.bounding == ALL_CAPABILITIES
+    assert spec.linux.cgroups_path is None
+
+
+# The capabilities of a host whose bounding set lacks CAP_SYS_RESOURCE.
+NO_SYS_RESOURCE = bounding_capabilities("000001fffeffffff")
+
+
+def test_container_spec_privileged_honours_bounding_set() -> None:
+    spec = build_spec(privileged=True, all_capabilities=NO_SYS_RESOURCE)
+
+    capabilities = spec.process.capabilities
+    assert "CAP_SYS_RESOURCE" not in NO_SYS_RESOURCE
+    assert capabilities.bounding == NO_SYS_RESOURCE
+    assert capabilities.effective == NO_SYS_RESOURCE
+    assert capabilities.permitted == NO_SYS_RESOURCE
+    assert capabilities.inheritable == ()
+    assert capabilities.ambient == ()
+
+
+def test_container_spec_unprivileged_ignores_bounding_set() -> None:
+    spec = build_spec(privileged=False, all_capabilities=NO_SYS_RESOURCE)
+
+    assert spec.process.capabilities.bounding == DEFAULT_CAPABILITIES
+    assert spec.process.capabilities.effective == DEFAULT_CAPABILITIES
+
+
+def test_container_spec_explicit_rlimits() -> None:
+    rlimits = (oci.Rlimit(type="RLIMIT_NOFILE", hard=4096, soft=1024),)
+
+    spec = build_spec(privileged=False, rlimits=rlimits)
+
+    assert spec.process.rlimits == rlimits
+
+
+def test_container_spec_json_without_rlimits() -> None:
+    decoded = json.loads(oci.spec_to_json(build_spec(privileged=False)))
+
+    assert decoded["process"].get("rlimits", []) == []
 
 
 def test_container_spec_has_no_network_files() -> None:
