@@ -1,0 +1,770 @@
+"""The image store against a real filesystem: imports, tags, removal, hostile tars."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import stat
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import actors.images
+from actors.busybox import BUSYBOX_PATH, build_busybox_tar, import_busybox
+from actors.images import ImageStore
+from messages.errors import Conflict, InvalidRequest, NotFound
+from messages.images import (
+    CheckedMember,
+    MemberKind,
+    check_member,
+    decode_image_record,
+)
+
+# --- Building tarballs -------------------------------------------------------------
+
+
+def file_member(name: str, data: bytes = b"data", mode: int = 0o644) -> tuple:
+    return ("file", name, data, mode)
+
+
+def dir_member(name: str, mode: int = 0o755) -> tuple:
+    return ("dir", name, mode)
+
+
+def symlink_member(name: str, target: str) -> tuple:
+    return ("symlink", name, target)
+
+
+def hardlink_member(name: str, target: str) -> tuple:
+    return ("hardlink", name, target)
+
+
+def special_member(name: str, tar_type: bytes) -> tuple:
+    return ("special", name, tar_type)
+
+
+def make_tar(members: Iterable[tuple], *, owner: int = 0) -> bytes:
+    """Build an uncompressed tarball in memory from member tuples."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for kind, name, *rest in members:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_600_000_000
+            info.uid = info.gid = owner
+            content = None
+            if kind == "file":
+                data, info.mode = rest
+                info.size = len(data)
+                content = io.BytesIO(data)
+            elif kind == "dir":
+                info.type = tarfile.DIRTYPE
+                (info.mode,) = rest
+            elif kind == "symlink":
+                info.type = tarfile.SYMTYPE
+                (info.linkname,) = rest
+            elif kind == "hardlink":
+                info.type = tarfile.LNKTYPE
+                (info.linkname,) = rest
+            else:
+                (info.type,) = rest
+            tar.addfile(info, content)
+    return buffer.getvalue()
+
+
+async def chunks(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def digest_id(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Clock:
+    """A clock for `ImageStore(now=...)` that advances one second per call."""
+
+    def __init__(self) -> None:
+        self.time = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        self.time += 1
+        return self.time
+
+
+def new_store(root: Path) -> ImageStore:
+    return ImageStore(root, now=Clock())
+
+
+def require_root() -> None:
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("this test needs root to set file owners, and CI runs as root")
+    pytest.skip("needs root to set file owners")
+
+
+def require_busybox() -> None:
+    if BUSYBOX_PATH.exists():
+        return
+    message = f"{BUSYBOX_PATH} is missing: run `apt-get install busybox-static`"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+SAMPLE = [
+    dir_member("etc"),
+    file_member("etc/hello", b"hello\n", 0o640),
+    hardlink_member("etc/hello-again", "etc/hello"),
+    dir_member("bin"),
+    file_member("bin/busybox", b"\x7fELF fake", 0o755),
+    symlink_member("bin/sh", "/bin/busybox"),
+    symlink_member("bin/ls", "busybox"),
+    dir_member("tmp", 0o1777),
+]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> ImageStore:
+    image_store = new_store(tmp_path / "images")
+    await image_store.load()
+    return image_store
+
+
+# --- Importing ---------------------------------------------------------------------
+
+
+async def test_import_unpacks_members(store: ImageStore) -> None:
+    data = make_tar(SAMPLE)
+    record = await store.import_tar(chunks(data), reference="sample")
+
+    assert record.id == digest_id(data)
+    assert record.repo_tags == ("sample:latest",)
+    assert record.size == len(b"hello\n") + len(b"\x7fELF fake")
+    rootfs = store.rootfs(record.id)
+    assert rootfs == store.root / record.hex / "rootfs"
+    assert (rootfs / "etc/hello").read_bytes() == b"hello\n"
+    assert stat.S_IMODE((rootfs / "etc/hello").stat().st_mode) == 0o640
+    assert (rootfs / "etc/hello-again").stat().st_ino == (
+        rootfs / "etc/hello"
+    ).stat().st_ino
+    assert os.readlink(rootfs / "bin/sh") == "/bin/busybox"
+    assert os.readlink(rootfs / "bin/ls") == "busybox"
+    assert stat.S_IMODE((rootfs / "tmp").stat().st_mode) == 0o1777
+    assert (rootfs / "etc/hello").stat().st_mtime == 1_600_000_000
+
+
+async def test_import_writes_record_file(store: ImageStore) -> None:
+    record = await store.import_tar(chunks(make_tar(SAMPLE)), reference="sample:1")
+    record_file = store.root / record.hex / "image.json"
+    assert decode_image_record(record_file.read_text()) == record
+    assert sorted(p.name for p in store.root.iterdir()) == [record.hex]
+    assert sorted(p.name for p in (store.root / record.hex).iterdir()) == [
+        "image.json",
+        "rootfs",
+    ]
+    assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+
+
+async def test_import_from_receive_stream(store: ImageStore) -> None:
+    data = make_tar(SAMPLE)
+    stream = trio.testing.MemoryReceiveStream()
+    stream.put_data(data)
+    stream.put_eof()
+    record = await store.import_tar(stream)
+    assert record.id == digest_id(data)
+    assert record.repo_tags == ()
+
+
+async def test_import_gzip_tar(store: ImageStore) -> None:
+    data = gzip.compress(make_tar(SAMPLE), mtime=0)
+    record = await store.import_tar(chunks(data))
+    assert record.id == digest_id(data)
+    assert (store.rootfs(record.id) / "etc/hello").read_bytes() == b"hello\n"
+
+
+async def test_import_large_file_in_batches(store: ImageStore) -> None:
+    content = os.urandom(3 * actors.images.WRITE_BATCH_BYTES + 17)
+    data = make_tar([file_member("big", content)])
+    record = await store.import_tar(chunks(data, size=64 * 1024))
+    assert record.id == digest_id(data)
+    assert (store.rootfs(record.id) / "big").read_bytes() == content
+
+
+async def test_import_applies_changes(store: ImageStore) -> None:
+    changes = ["ENV PATH=/bin", 'CMD ["sh"]', "WORKDIR /tmp", "USER app"]
+    record = await store.import_tar(chunks(make_tar(SAMPLE)), changes=changes)
+    assert record.env == ("PATH=/bin",)
+    assert record.cmd == ("sh",)
+    assert record.working_dir == "/tmp"
+    assert record.user == "app"
+
+
+async def test_import_rejects_bad_reference_before_reading(store: ImageStore) -> None:
+    async def never() -> AsyncIterator[bytes]:
+        raise AssertionError("the stream was read")
+        yield b""  # pragma: no cover
+
+    with pytest.raises(InvalidRequest, match="Bad:Ref"):
+        await store.import_tar(never(), reference="Bad:Ref")
+    assert list(store.root.iterdir()) == []
+
+
+async def test_same_tar_twice_merges_tags(store: ImageStore) -> None:
+    data = make_tar(SAMPLE)
+    first = await store.import_tar(chunks(data), reference="a:1")
+    second = await store.import_tar(chunks(data), reference="b:2")
+    assert second.id == first.id
+    assert second.repo_tags == ("a:1", "b:2")
+    assert second.created == first.created
+    assert store.list() == (second,)
+    assert sorted(p.name for p in store.root.iterdir()) == [first.hex]
+
+
+async def test_same_tar_concurrently_is_one_image(store: ImageStore) -> None:
+    data = make_tar(SAMPLE)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: store.import_tar(chunks(data), reference="a"))
+        nursery.start_soon(lambda: store.import_tar(chunks(data), reference="b"))
+    (record,) = store.list()
+    assert sorted(record.repo_tags) == ["a:latest", "b:latest"]
+    assert sorted(p.name for p in store.root.iterdir()) == [record.hex]
+
+
+async def test_reimport_with_other_changes_conflicts(store: ImageStore) -> None:
+    data = make_tar(SAMPLE)
+    await store.import_tar(chunks(data), changes=['CMD ["sh"]'])
+    with pytest.raises(Conflict, match="different config"):
+        await store.import_tar(chunks(data), changes=['CMD ["ls"]'])
+    again = await store.import_tar(chunks(data), reference="plain")
+    assert again.cmd == ("sh",)
+    assert again.repo_tags == ("plain:latest",)
+
+
+async def test_import_moves_tag_from_old_image(store: ImageStore) -> None:
+    old = await store.import_tar(chunks(make_tar(SAMPLE)), reference="app")
+    new = await store.import_tar(chunks(make_tar([file_member("v2")])), reference="app")
+    assert store.get(old.id).repo_tags == ()
+    assert new.repo_tags == ("app:latest",)
+    assert store.get("app").id == new.id
+    on_disk = decode_image_record((store.root / old.hex / "image.json").read_text())
+    assert on_disk.repo_tags == ()
+
+
+# --- Looking up and tagging --------------------------------------------------------
+
+
+async def test_list_get_and_prefix(store: ImageStore) -> None:
+    first = await store.import_tar(chunks(make_tar(SAMPLE)), reference="first")
+    second = await store.import_tar(
+        chunks(make_tar([file_member("x")])), reference="localhost:5000/second:v1"
+    )
+    assert store.list() == (second, first)
+    assert store.get("first") == first
+    assert store.get("first:latest") == first
+    assert store.get("docker.io/library/first") == first
+    assert store.get("localhost:5000/second:v1") == second
+    assert store.get(first.id) == first
+    assert store.get(first.short_id) == first
+    assert store.get("sha256:" + second.hex[:20]) == second
+
+
+async def test_get_unknown_image(store: ImageStore) -> None:
+    await store.import_tar(chunks(make_tar(SAMPLE)), reference="first")
+    with pytest.raises(NotFound) as raised:
+        store.get("nginx:1.25")
+    assert "'nginx:1.25'" in str(raised.value)
+    assert "docker images" in str(raised.value)
+
+
+async def test_rootfs_unknown_id(store: ImageStore) -> None:
+    with pytest.raises(NotFound, match="sha256:1234"):
+        store.rootfs("sha256:1234")
+
+
+async def test_tag_adds_and_moves(store: ImageStore) -> None:
+    first = await store.import_tar(chunks(make_tar(SAMPLE)), reference="first")
+    second = await store.import_tar(chunks(make_tar([file_member("x")])))
+    tagged = await store.tag(first.short_id, "shared:1")
+    assert tagged.repo_tags == ("first:latest", "shared:1")
+    moved = await store.tag(second.id, "shared:1")
+    assert moved.repo_tags == ("shared:1",)
+    assert store.get("first").repo_tags == ("first:latest",)
+    assert store.get("shared:1").id == second.id
+
+
+async def test_tag_same_image_twice_is_noop(store: ImageStore) -> None:
+    record = await store.import_tar(chunks(make_tar(SAMPLE)), reference="first")
+    assert await store.tag("first", "first:latest") == record
+
+
+# --- Removing ----------------------------------------------------------------------
+
+
+def never_used(_image_id: str) -> bool:
+    return False
+
+
+async def test_remove_tag_keeps_image(store: ImageStore) -> None:
+    data = make_tar(SAMPLE)
+    await store.import_tar(chunks(data), reference="a")
+    record = await store.tag("a", "b")
+    removal = await store.remove("a", in_use=lambda _: True)
+    assert removal.untagged == ("a:latest",)
+    assert removal.deleted == ()
+    assert store.get(record.id).repo_tags == ("b:latest",)
+
+
+async def test_remove_last_tag_deletes(store: ImageStore) -> None:
+    record = await store.import_tar(chunks(make_tar(SAMPLE)), reference="a")
+    removal = await store.remove("a", in_use=never_used)
+    assert removal.untagged == ("a:latest",)
+    assert removal.deleted == (record.id,)
+    assert store.list() == ()
+    assert list(store.root.iterdir()) == []
+    with pytest.raises(NotFound):
+        store.get(record.id)
+
+
+async def test_remove_in_use_conflicts(store: ImageStore) -> None:
+    record = await store.import_tar(chunks(make_tar(SAMPLE)), reference="a")
+    queried_ids: list[str] = []
+
+    def in_use(image_id: str) -> bool:
+        queried_ids.append(image_id)
+        return True
+
+    with pytest.raises(Conflict, match="used by a container"):
+        await store.remove("a", in_use=in_use)
+    assert queried_ids == [record.id]
+    assert store.get("a") == record
+    assert (store.rootfs(record.id) / "etc/hello").exists()
+
+
+async def test_remove_by_id_with_tags_needs_force(store: ImageStore) -> None:
+    await store.import_tar(chunks(make_tar(SAMPLE)), reference="a")
+    record = await store.tag("a", "b")
+    with pytest.raises(Conflict, match="docker rmi -f"):
+        await store.remove(record.id, in_use=never_used)
+    removal = await store.remove(record.short_id, in_use=never_used, force=True)
+    assert removal.untagged == ("a:latest", "b:latest")
+    assert removal.deleted == (record.id,)
+    assert store.list() == ()
+
+
+async def test_reimport_after_remove(store: ImageStore) -> None:
+    data = make_tar(SAMPLE)
+    await store.import_tar(chunks(data), reference="a")
+    await store.remove("a", in_use=never_used)
+    record = await store.import_tar(chunks(data), reference="a")
+    assert (store.rootfs(record.id) / "etc/hello").read_bytes() == b"hello\n"
+
+
+# --- Hostile tarballs --------------------------------------------------------------
+
+
+def hostile_tars(outside: Path) -> list[tuple[str, list[tuple], str]]:
+    """Return (case, members, rejected member name) for each kind of hostile tar."""
+    return [
+        ("dotdot", [file_member("../x")], "../x"),
+        ("absolute", [file_member(f"{outside}/abs")], f"{outside}/abs"),
+        ("nested dotdot", [file_member("a/../../x")], "a/../../x"),
+        (
+            "hardlink escapes",
+            [file_member("etc/ok"), hardlink_member("etc/x", "../../etc/shadow")],
+            "etc/x",
+        ),
+        (
+            "hardlink absolute",
+            [hardlink_member("etc/x", f"{outside}/target")],
+            "etc/x",
+        ),
+        ("char device", [special_member("dev/null", tarfile.CHRTYPE)], "dev/null"),
+        ("block device", [special_member("dev/sda", tarfile.BLKTYPE)], "dev/sda"),
+        ("fifo", [special_member("run/pipe", tarfile.FIFOTYPE)], "run/pipe"),
+        (
+            "symlink then write through it",
+            [
+                file_member("ok"),
+                symlink_member("evil", str(outside)),
+                file_member("evil/x", b"pwned"),
+            ],
+            "evil/x",
+        ),
+        (
+            "relative symlink then directory through it",
+            [symlink_member("evil", "../../../.."), dir_member("evil/made")],
+            "evil/made",
+        ),
+    ]
+
+
+HOSTILE_CASES = [case for case, _, _ in hostile_tars(Path("/outside"))]
+
+
+@pytest.mark.parametrize("case", HOSTILE_CASES)
+async def test_hostile_tar_rejected(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    members, bad = next((m, b) for c, m, b in hostile_tars(outside) if c == case)
+    store = new_store(tmp_path / "images")
+    await store.load()
+
+    def write_members(*_args: object) -> int:
+        raise AssertionError("members were written before all of them were checked")
+
+    monkeypatch.setattr(actors.images, "_write_members", write_members)
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(make_tar(members)), reference="evil")
+
+    assert f"member {bad!r}" in str(raised.value)
+    assert list(store.root.iterdir()) == []
+    assert list(outside.iterdir()) == []
+    assert not (outside / "x").exists()
+    assert store.list() == ()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "outside"]
+
+
+def check_each_member_alone(
+    members: Iterable[tuple[str, MemberKind, str | None]],
+) -> tuple[CheckedMember, ...]:
+    """Stand-in for check_members that skips the rules spanning several members."""
+    return tuple(
+        CheckedMember(check_member(name, kind, linkname), kind)
+        for name, kind, linkname in members
+    )
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [symlink_member("evil", "@OUTSIDE@"), file_member("evil/x")],
+        [symlink_member("evil", "@OUTSIDE@"), dir_member("evil/x")],
+        [symlink_member("evil", "@OUTSIDE@"), symlink_member("evil/x", "/")],
+        [symlink_member("evil", "@OUTSIDE@"), file_member("evil/deep/x")],
+    ],
+)
+async def test_unpack_never_follows_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: list[tuple]
+) -> None:
+    # Even if the checks missed a link, writing through it must fail.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    monkeypatch.setattr(actors.images, "check_members", check_each_member_alone)
+    store = new_store(tmp_path / "images")
+    await store.load()
+    data = make_tar(place_outside(member, outside) for member in members)
+    with pytest.raises(InvalidRequest, match="never writes through a link"):
+        await store.import_tar(chunks(data))
+    assert list(outside.iterdir()) == []
+    assert list(store.root.iterdir()) == []
+
+
+async def test_device_rejection_message(store: ImageStore) -> None:
+    data = make_tar([special_member("dev/null", tarfile.CHRTYPE)])
+    with pytest.raises(InvalidRequest, match="regular files, directories and links"):
+        await store.import_tar(chunks(data))
+
+
+async def test_not_a_tar_rejected(store: ImageStore) -> None:
+    with pytest.raises(InvalidRequest, match="not a valid tar archive"):
+        await store.import_tar(chunks(b"this is not a tarball" * 100))
+    assert list(store.root.iterdir()) == []
+
+
+async def test_truncated_tar_rejected(store: ImageStore) -> None:
+    data = make_tar([file_member("big", os.urandom(20_000))])
+    with pytest.raises(InvalidRequest, match="not a valid tar archive"):
+        await store.import_tar(chunks(data[:10_000]))
+    assert list(store.root.iterdir()) == []
+
+
+async def test_failing_stream_leaves_nothing(store: ImageStore) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield make_tar(SAMPLE)[:2000]
+        raise trio.BrokenResourceError("client went away")
+
+    with pytest.raises(trio.BrokenResourceError):
+        await store.import_tar(broken(), reference="a")
+    assert list(store.root.iterdir()) == []
+    assert store.list() == ()
+
+
+# Member names come from small pools of parts, so that later members often pass
+# through earlier ones. Safe names are relative and never leave the root, while
+# links point out of the store. Hostile names add "..", absolute paths into the
+# outside directory and hard links anywhere.
+OUTSIDE = "@OUTSIDE@"
+SAFE_NAMES = st.lists(st.sampled_from(["a", "evil"]), min_size=1, max_size=3).map(
+    "/".join
+)
+HOSTILE_NAMES = st.one_of(
+    st.lists(st.sampled_from(["a", "evil", "..", "."]), min_size=1, max_size=3).map(
+        "/".join
+    ),
+    st.lists(st.sampled_from(["a", ".."]), max_size=2).map(
+        lambda parts: "/".join([OUTSIDE, *parts])
+    ),
+)
+LINK_TARGETS = st.sampled_from([OUTSIDE, f"{OUTSIDE}/a", "../../..", "/", "a", "."])
+
+
+def members_from(names: st.SearchStrategy[str]) -> st.SearchStrategy[tuple]:
+    return st.one_of(
+        st.builds(file_member, names),
+        st.builds(dir_member, names),
+        st.builds(symlink_member, names, LINK_TARGETS),
+        st.builds(hardlink_member, names, names),
+    )
+
+
+def place_outside(member: tuple, outside: Path) -> tuple:
+    return tuple(
+        field.replace(OUTSIDE, str(outside)) if isinstance(field, str) else field
+        for field in member
+    )
+
+
+async def check_import_stays_inside(tmp_path: Path, members: list[tuple]) -> None:
+    """Import the members and assert that nothing exists outside the store."""
+    base = Path(tempfile.mkdtemp(dir=tmp_path))
+    outside = base / "outside"
+    outside.mkdir()
+    store = new_store(base / "images")
+    await store.load()
+
+    data = make_tar(place_outside(member, outside) for member in members)
+    try:
+        record = await store.import_tar(chunks(data))
+    except InvalidRequest:
+        assert list(store.root.iterdir()) == []
+    else:
+        assert [p.name for p in store.root.iterdir()] == [record.hex]
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in base.iterdir()) == ["images", "outside"]
+
+
+PROPERTY_SETTINGS = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+@PROPERTY_SETTINGS
+@given(members=st.lists(members_from(SAFE_NAMES), min_size=1, max_size=5))
+async def test_safe_names_stay_inside(tmp_path: Path, members: list[tuple]) -> None:
+    await check_import_stays_inside(tmp_path, members)
+
+
+@PROPERTY_SETTINGS
+@given(members=st.lists(members_from(HOSTILE_NAMES), min_size=1, max_size=5))
+async def test_hostile_names_stay_inside(tmp_path: Path, members: list[tuple]) -> None:
+    await check_import_stays_inside(tmp_path, members)
+
+
+# --- Loading -----------------------------------------------------------------------
+
+
+async def test_load_reads_records(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "images")
+    await store.load()
+    first = await store.import_tar(chunks(make_tar(SAMPLE)), reference="a")
+    second = await store.import_tar(chunks(make_tar([file_member("x")])))
+
+    reloaded = new_store(tmp_path / "images")
+    await reloaded.load()
+    assert reloaded.list() == (second, first)
+    assert reloaded.get("a") == first
+
+
+async def test_load_skips_corrupt_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = new_store(tmp_path / "images")
+    await store.load()
+    good = await store.import_tar(chunks(make_tar(SAMPLE)), reference="good")
+    bad = await store.import_tar(chunks(make_tar([file_member("x")])), reference="bad")
+    (store.root / bad.hex / "image.json").write_text("{ not json")
+
+    reloaded = new_store(tmp_path / "images")
+    with caplog.at_level(logging.WARNING, logger="actors.images"):
+        await reloaded.load()
+    assert reloaded.list() == (good,)
+    assert bad.hex in caplog.text
+    assert "invalid JSON" in caplog.text
+
+
+async def test_load_skips_mismatched_and_incomplete(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "images")
+    await store.load()
+    good = await store.import_tar(chunks(make_tar(SAMPLE)), reference="good")
+    other = await store.import_tar(chunks(make_tar([file_member("x")])))
+    # A record copied under another directory name, and one without its rootfs.
+    wrong = store.root / ("f" * 64)
+    wrong.mkdir()
+    (wrong / "rootfs").mkdir()
+    (wrong / "image.json").write_text(
+        (store.root / good.hex / "image.json").read_text()
+    )
+    (store.root / other.hex / "rootfs").rename(store.root / "moved-away")
+
+    reloaded = new_store(tmp_path / "images")
+    await reloaded.load()
+    assert reloaded.list() == (good,)
+    assert (store.root / "moved-away").exists()
+
+
+async def test_load_removes_leftovers(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    (root / ".import-abc/rootfs/bin").mkdir(parents=True)
+    (root / ".remove-def/x").mkdir(parents=True)
+    store = new_store(root)
+    await store.load()
+    assert list(root.iterdir()) == []
+
+
+async def test_load_resolves_duplicate_tags(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "images")
+    await store.load()
+    old = await store.import_tar(chunks(make_tar(SAMPLE)), reference="app")
+    new = await store.import_tar(chunks(make_tar([file_member("x")])))
+    # Give the newer image the same tag by hand, as a manual edit would.
+    record_file = store.root / new.hex / "image.json"
+    data = json.loads(record_file.read_text())
+    data["repo_tags"] = ["app:latest"]
+    record_file.write_text(json.dumps(data))
+
+    reloaded = new_store(tmp_path / "images")
+    await reloaded.load()
+    assert reloaded.get("app").id == new.id
+    assert reloaded.get(old.id).repo_tags == ()
+
+
+async def test_import_replaces_unreadable_directory(tmp_path: Path) -> None:
+    data = make_tar(SAMPLE)
+    store = new_store(tmp_path / "images")
+    await store.load()
+    record = await store.import_tar(chunks(data), reference="a")
+    (store.root / record.hex / "image.json").write_text("garbage")
+
+    reloaded = new_store(tmp_path / "images")
+    await reloaded.load()
+    assert reloaded.list() == ()
+    again = await reloaded.import_tar(chunks(data), reference="a")
+    assert again.id == record.id
+    assert (reloaded.rootfs(again.id) / "etc/hello").read_bytes() == b"hello\n"
+    assert [p.name for p in reloaded.root.iterdir()] == [record.hex]
+
+
+# --- Owners (root only) ------------------------------------------------------------
+
+
+@pytest.mark.real
+async def test_import_sets_owners_and_setuid(store: ImageStore) -> None:
+    require_root()
+    data = make_tar(
+        [
+            dir_member("home"),
+            file_member("home/tool", b"#!/bin/sh\n", 0o4755),
+            symlink_member("home/link", "tool"),
+        ],
+        owner=1234,
+    )
+    record = await store.import_tar(chunks(data))
+    rootfs = store.rootfs(record.id)
+    tool = (rootfs / "home/tool").stat()
+    assert tool.st_uid == 1234
+    assert tool.st_gid == 1234
+    assert stat.S_IMODE(tool.st_mode) == 0o4755
+    assert (rootfs / "home/link").lstat().st_uid == 1234
+    assert (rootfs / "home").stat().st_uid == 1234
+
+
+# --- The busybox image -------------------------------------------------------------
+
+
+def test_busybox_tar_is_deterministic() -> None:
+    require_busybox()
+    assert build_busybox_tar() == build_busybox_tar()
+
+
+async def test_busybox_tar_imports(store: ImageStore) -> None:
+    require_busybox()
+    data = build_busybox_tar()
+    record = await store.import_tar(chunks(data, size=256 * 1024), reference="busybox")
+    again = await store.import_tar(chunks(build_busybox_tar()), reference="bb:2")
+    assert again.id == record.id == digest_id(data)
+
+    rootfs = store.rootfs(record.id)
+    assert (rootfs / "bin/busybox").read_bytes() == BUSYBOX_PATH.read_bytes()
+    assert os.access(rootfs / "bin/busybox", os.X_OK)
+    assert (rootfs / "bin/sh").is_symlink()
+    assert os.readlink(rootfs / "bin/sh") == "busybox"
+    assert os.readlink(rootfs / "bin/ls") == "busybox"
+    assert not (rootfs / "bin/busybox").is_symlink()
+    passwd = (rootfs / "etc/passwd").read_text().splitlines()
+    assert "root:x:0:0:root:/root:/bin/sh" in passwd
+    assert "nobody:x:65534:65534:nobody:/nonexistent:/bin/false" in passwd
+    assert any(line.startswith("app:x:1000:1000:") for line in passwd)
+    group = (rootfs / "etc/group").read_text().splitlines()
+    assert "app:x:1000:app" in group
+    assert "staff:x:50:app" in group
+    assert (rootfs / "etc/hostname").read_bytes() == b""
+    assert stat.S_IMODE((rootfs / "tmp").stat().st_mode) == 0o1777
+    for directory in ("root", "home/app", "proc", "sys", "dev"):
+        assert (rootfs / directory).is_dir(), directory
+    assert list((rootfs / "tmp").iterdir()) == []
+
+
+async def test_import_busybox_sets_config(store: ImageStore) -> None:
+    require_busybox()
+    record = await import_busybox(store)
+    assert record.repo_tags == ("busybox:latest",)
+    assert record.cmd == ("sh",)
+    assert any(entry.startswith("PATH=") for entry in record.env)
+
+
+@pytest.mark.real
+async def test_busybox_home_owned_by_app(store: ImageStore) -> None:
+    require_root()
+    require_busybox()
+    record = await store.import_tar(chunks(build_busybox_tar()))
+    home = (store.rootfs(record.id) / "home/app").stat()
+    assert (home.st_uid, home.st_gid) == (1000, 1000)
+
+
+def test_busybox_missing(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        build_busybox_tar(tmp_path / "busybox")
+    assert "apt-get install busybox-static" in str(raised.value)
+    assert str(tmp_path / "busybox") in str(raised.value)
+
+
+def test_busybox_dynamic_rejected(tmp_path: Path) -> None:
+    dynamic = Path("/bin/true").resolve()
+    with pytest.raises(InvalidRequest) as raised:
+        build_busybox_tar(dynamic)
+    assert "dynamically linked" in str(raised.value)
+    assert "apt-get install busybox-static" in str(raised.value)
+
+
+def test_busybox_not_elf(tmp_path: Path) -> None:
+    script = tmp_path / "busybox"
+    script.write_text("#!/bin/sh\necho sh\n")
+    script.chmod(0o755)
+    with pytest.raises(InvalidRequest, match="not an ELF executable"):
+        build_busybox_tar(script)
