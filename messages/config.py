@@ -99,9 +99,21 @@ def _strict(kind: type, name: str) -> Any:
         # bool is an int subclass in Python, but not a number in JSON.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise TypeError(f"expected {name}, got {_json_type(value)}")
+        if isinstance(value, str) and not _encodable(value):
+            # JSON escapes can spell lone surrogates, which no file name,
+            # argument or script can carry.
+            raise ValueError("expected valid Unicode text, got a lone surrogate escape")
         return value
 
     return structure
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_type(value: Any) -> str:

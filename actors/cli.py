@@ -1,0 +1,214 @@
+"""The `dockyard` command: `daemon`, `reload` and `import-busybox`."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import trio
+
+from actors.images import IMAGES_DIRECTORY
+from messages.config import DEFAULT_HOST, DaemonFlags
+from messages.errors import DockyardError
+
+logger = logging.getLogger("dockyard")
+
+DEFAULT_CONFIG_FILE = Path("/etc/dockyard/daemon.json")
+RELOAD_PATH = "/dockyard/reload"
+# A reload waits for the wrapper writes of every changed runtime.
+RELOAD_REQUEST_TIMEOUT = 120.0
+# The busybox image `make run` imports.
+BUSYBOX_REFERENCE = "busybox:latest"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    try:
+        result: int = arguments.run(arguments)
+        return result
+    except DockyardError as error:
+        print(f"dockyard: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dockyard", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    daemon = commands.add_parser("daemon", help="run the daemon in the foreground")
+    _add_daemon_flags(daemon)
+    daemon.set_defaults(run=_run_daemon)
+
+    reload = commands.add_parser(
+        "reload", help="reload the running daemon's configuration and wait for it"
+    )
+    reload.add_argument(
+        "--host",
+        "-H",
+        default=DEFAULT_HOST,
+        help=f"the daemon's socket, as unix://PATH (default {DEFAULT_HOST})",
+    )
+    reload.set_defaults(run=_run_reload)
+
+    busybox = commands.add_parser(
+        "import-busybox",
+        help="make the busybox image from /usr/bin/busybox (Debian's busybox-static)",
+    )
+    _add_daemon_flags(busybox)
+    busybox.set_defaults(run=_run_import_busybox)
+    return parser
+
+
+def _add_daemon_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config-file",
+        type=Path,
+        default=None,
+        help="daemon.json to read; without it, /etc/dockyard/daemon.json if it "
+        "exists, else the embedded defaults",
+    )
+    parser.add_argument("--data-root", help="where containers and images are kept")
+    parser.add_argument("--exec-root", help="where runtime state is kept")
+    parser.add_argument(
+        "--host",
+        "-H",
+        action="append",
+        dest="hosts",
+        help="socket to listen on, as unix://PATH (repeatable)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=None, help="log at debug level"
+    )
+
+
+def _flags(arguments: argparse.Namespace) -> DaemonFlags:
+    return DaemonFlags(
+        data_root=arguments.data_root,
+        exec_root=arguments.exec_root,
+        hosts=tuple(arguments.hosts) if arguments.hosts else None,
+        debug=arguments.debug,
+    )
+
+
+def _config_file(arguments: argparse.Namespace) -> Path | None:
+    if arguments.config_file is not None:
+        path: Path = arguments.config_file
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
+
+
+def _run_daemon(arguments: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    trio.run(_daemon, _config_file(arguments), _flags(arguments))
+    return 0
+
+
+async def _daemon(config_file: Path | None, flags: DaemonFlags) -> None:
+    from actors.api.server import serve_api
+    from actors.daemon import open_daemon
+
+    signals = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+    with trio.open_signal_receiver(*signals) as received:
+        async with (
+            open_daemon(config_file, flags=flags) as daemon,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(_follow_debug, daemon.snapshots())
+            for host in daemon.snapshot().config.hosts:
+                path = Path(host.removeprefix("unix://"))
+                await nursery.start(serve_api, daemon, path)
+                print(f"dockyard: API listening on unix://{path}", flush=True)
+            async for number in received:
+                if number == signal.SIGHUP:
+                    logger.info("SIGHUP received: reloading the configuration")
+                    daemon.request_reload()
+                    continue
+                name = signal.Signals(number).name
+                logger.info("%s received: shutting down", name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _follow_debug(snapshots: AsyncIterator[object]) -> None:
+    """Switch the log level when a reload changes `debug`."""
+    from messages.snapshot import Snapshot
+
+    async for snapshot in snapshots:
+        assert isinstance(snapshot, Snapshot)
+        level = logging.DEBUG if snapshot.config.debug else logging.INFO
+        logging.getLogger().setLevel(level)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def _run_reload(arguments: argparse.Namespace) -> int:
+    host: str = arguments.host
+    if not host.startswith("unix://"):
+        print(f"dockyard: --host {host!r} must be unix://PATH", file=sys.stderr)
+        return 2
+    path = host.removeprefix("unix://")
+    connection = _UnixConnection(path, RELOAD_REQUEST_TIMEOUT)
+    try:
+        connection.request("POST", RELOAD_PATH)
+        response = connection.getresponse()
+        body = json.loads(response.read() or b"{}")
+    except (OSError, ValueError) as error:
+        print(
+            f"dockyard: cannot reach the daemon at {host}: {error}. Is it running?",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        connection.close()
+    if response.status != 200:
+        print(f"dockyard: reload failed: {body.get('message', body)}", file=sys.stderr)
+        return 1
+    print(f"reloaded: generation {body['Generation']}")
+    for key in body.get("Changed", []):
+        print(f"changed: {key}")
+    for key in body.get("RestartRequired", []):
+        print(f"needs a daemon restart to take effect: {key}")
+    return 0
+
+
+def _run_import_busybox(arguments: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    trio.run(_import_busybox, _config_file(arguments), _flags(arguments))
+    return 0
+
+
+async def _import_busybox(config_file: Path | None, flags: DaemonFlags) -> None:
+    from actors.busybox import import_busybox
+    from actors.images import ImageStore
+    from actors.reload_actor import ConfigSource
+
+    config = ConfigSource(path=config_file, flags=flags).load()
+    store = ImageStore(Path(config.data_root) / IMAGES_DIRECTORY)
+    await trio.Path(store.root).mkdir(parents=True, exist_ok=True)
+    await store.load()
+    image = await import_busybox(store, reference=BUSYBOX_REFERENCE)
+    print(f"dockyard: image {BUSYBOX_REFERENCE} is {image.id}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""The container actor: one per container, serialising its lifecycle.
+
+Create, start, stop, kill and remove of one container run one at a time
+in the actor's task; different containers proceed concurrently.
+
+Rules it keeps:
+- Start reads no configuration itself: it is handed the one snapshot its
+  request read, resolves the runtime from it, runs the preflight check,
+  and records the lock-in (runtime name, binary, generation, AppArmor
+  profile) atomically before it calls the runtime.
+- Every later runtime call (kill, state, delete, exec) goes through the
+  binary in the record's lock-in, never through the current snapshot.
+- A start that fails leaves nothing half-made: the runtime's container is
+  deleted, the root filesystem unmounted and the lock-in cleared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import attrs
+import trio
+
+from actors.actor import SerialActor
+from actors.container_store import ContainerStore
+from actors.events import EventBus
+from actors.host import Host, RuntimeClient, remove_tree, rootfs_path
+from actors.output import OutputHub
+from actors.rootfs_files import read_text_in_root
+from messages import records
+from messages.errors import Conflict, DockyardError, RuntimeFailed
+from messages.execspec import DEFAULT_CAPABILITIES, select_apparmor_profile
+from messages.oci import spec_to_json
+from messages.records import ContainerRecord, ContainerState, RuntimeLockIn
+from messages.snapshot import Snapshot
+from messages.spec import container_spec
+from messages.stream import STDERR, STDOUT
+from messages.users import resolve_user
+
+logger = logging.getLogger(__name__)
+
+# Docker's default time between the stop signal and SIGKILL, in seconds.
+DEFAULT_STOP_TIMEOUT = 10
+# How long a kill with SIGKILL may take before the container is reported stuck.
+KILL_GRACE = 10
+
+WAIT_NOT_RUNNING = "not-running"
+WAIT_NEXT_EXIT = "next-exit"
+WAIT_REMOVED = "removed"
+WAIT_CONDITIONS = (WAIT_NOT_RUNNING, WAIT_NEXT_EXIT, WAIT_REMOVED)
+
+
+@attrs.define(eq=False)
+class _Run:
+    """One run of the container, from runtime create to exit."""
+
+    pid: int
+    exited: trio.Event = attrs.Factory(trio.Event)
+    exit_code: int | None = None
+
+
+class ContainerActor:
+    def __init__(
+        self,
+        record: ContainerRecord,
+        *,
+        host: Host,
+        store: ContainerStore,
+        events: EventBus,
+        image_rootfs: Path,
+        bundle_dir: Path,
+        nursery: trio.Nursery,
+        on_removed: Callable[[str], None] = lambda container_id: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._record = record
+        self._host = host
+        self._store = store
+        self._events = events
+        self._image_rootfs = image_rootfs
+        self._bundle_dir = bundle_dir
+        self._nursery = nursery
+        self._clock = clock
+        self._on_removed = on_removed
+        self._actor = SerialActor(f"container {record.id[:12]}")
+        self._run: _Run | None = None
+        self._exit_changed = trio.Event()
+        self.removed = trio.Event()
+        self.output = OutputHub(store.log_path(record.id))
+
+    @property
+    def record(self) -> ContainerRecord:
+        return self._record
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def host(self) -> Host:
+        return self._host
+
+    @property
+    def rootfs(self) -> Path:
+        """The container's root filesystem as the host sees it while it runs."""
+        return rootfs_path(self._store.directory(self.id))
+
+    def locked_runtime(self) -> RuntimeClient:
+        """The runtime client for the binary this container is locked in to."""
+        if self._record.lockin is None:
+            raise Conflict(f"container {self._record.name} has never been started")
+        return self._host.runtime(self._record.lockin.binary)
+
+    async def run(self) -> None:
+        await self._actor.run()
+
+    def close(self) -> None:
+        self._actor.close()
+
+    # The public operations; each runs in the actor's task.
+
+    async def start(self, snapshot: Snapshot) -> bool:
+        """Start the container with `snapshot`; False if it was already running."""
+        return await self._actor.call(lambda: self._start(snapshot))
+
+    async def stop(self, grace: float | None = None) -> bool:
+        """Stop the container; False if it was not running.
+
+        `grace` is the seconds between the stop signal and SIGKILL; None
+        takes the container's stop timeout, or Docker's default.
+        """
+        return await self._actor.call(lambda: self._stop(grace))
+
+    async def kill(self, signal: str) -> None:
+        await self._actor.call(lambda: self._kill(signal))
+
+    async def remove(self, force: bool) -> None:
+        await self._actor.call(lambda: self._remove(force))
+
+    async def shut_down(self, grace: float) -> None:
+        """Stop the container for a daemon shutdown, then stop the actor."""
+        try:
+            await self._actor.call(lambda: self._stop(grace))
+        finally:
+            self.close()
+
+    async def wait(self, condition: str = WAIT_NOT_RUNNING) -> int:
+        """Wait for `condition` and return the exit code of the last run."""
+        if condition == WAIT_REMOVED:
+            await self.removed.wait()
+        elif condition == WAIT_NEXT_EXIT or self._record.running:
+            changed = self._exit_changed
+            await changed.wait()
+        return self._record.state.exit_code
+
+    # The operations themselves.
+
+    async def _start(self, snapshot: Snapshot) -> bool:
+        if self._record.running:
+            return False
+        if self._record.state.status == records.REMOVING:
+            raise Conflict(f"container {self._record.name} is being removed")
+        runtime = snapshot.runtime(self._record.config.runtime)
+        wrapped = runtime.path if runtime.wrapper is not None else None
+        self._host.preflight(runtime.name, runtime.binary, wrapped)
+        config = self._record.config
+        lockin = RuntimeLockIn(
+            name=runtime.name,
+            binary=runtime.binary,
+            path=runtime.path,
+            generation=snapshot.generation,
+            apparmor_profile=select_apparmor_profile(
+                config.apparmor_profile, config.privileged, self._host.apparmor_enabled
+            ),
+        )
+        try:
+            await self._create_and_start(lockin)
+        except BaseException as error:
+            with trio.CancelScope(shield=True):
+                await self._undo_start(lockin, error)
+            raise
+        logger.info(
+            "started container %s (%s) with runtime %s through %s, generation %d",
+            self.id[:12],
+            self._record.name,
+            lockin.name,
+            lockin.binary,
+            lockin.generation,
+        )
+        self._emit("start")
+        return True
+
+    async def _create_and_start(self, lockin: RuntimeLockIn) -> None:
+        container_dir = self._store.directory(self.id)
+        rootfs = await self._host.mount_rootfs(self._image_rootfs, container_dir)
+        spec = await self._spec(rootfs, lockin)
+        await trio.to_thread.run_sync(self._write_bundle, spec)
+        # The lock-in is on disk before the runtime is first called, so a
+        # daemon that dies from here on still knows which binary owns it.
+        await self._save(attrs.evolve(self._record, lockin=lockin))
+        runtime = self._host.runtime(lockin.binary)
+        stdout_read, stdout_write = os.pipe()
+        stderr_read, stderr_write = os.pipe()
+        try:
+            pid = await runtime.create(
+                self.id,
+                str(self._bundle_dir),
+                str(self._bundle_dir / "init.pid"),
+                stdout=stdout_write,
+                stderr=stderr_write,
+            )
+        except BaseException:
+            os.close(stdout_read)
+            os.close(stderr_read)
+            raise
+        finally:
+            os.close(stdout_write)
+            os.close(stderr_write)
+        run = _Run(pid=pid)
+        self._run = run
+        self._nursery.start_soon(
+            self.output.pump, {STDOUT: stdout_read, STDERR: stderr_read}
+        )
+        await runtime.start(self.id)
+        state = ContainerState(
+            status=records.RUNNING, pid=pid, started_at=self._clock()
+        )
+        await self._save(attrs.evolve(self._record, state=state))
+        self._nursery.start_soon(self._watch_exit, run)
+
+    async def _spec(self, rootfs: Path, lockin: RuntimeLockIn) -> bytes:
+        config = self._record.config
+        passwd = await trio.to_thread.run_sync(read_text_in_root, rootfs, "/etc/passwd")
+        group = await trio.to_thread.run_sync(read_text_in_root, rootfs, "/etc/group")
+        user = resolve_user(config.user, passwd, group)
+        env = config.env
+        if not any(entry.startswith("PATH=") for entry in env):
+            env = (f"PATH={DEFAULT_PATH}", *env)
+        if not any(entry.startswith("HOME=") for entry in env):
+            env = (*env, f"HOME={user.home}")
+        spec = container_spec(
+            rootfs=str(rootfs),
+            hostname=config.hostname or self.id[:12],
+            args=config.args,
+            env=env,
+            cwd=config.working_dir or "/",
+            user=user,
+            privileged=config.privileged,
+            apparmor_profile=lockin.apparmor_profile,
+            capabilities=DEFAULT_CAPABILITIES,
+            all_capabilities=self._host.privileged_capabilities,
+        )
+        return spec_to_json(spec)
+
+    def _write_bundle(self, spec: bytes) -> None:
+        self._bundle_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self._bundle_dir / "config.json").write_bytes(spec)
+
+    async def _undo_start(self, lockin: RuntimeLockIn, error: BaseException) -> None:
+        logger.error("start of container %s failed: %s", self.id[:12], error)
+        run, self._run = self._run, None
+        if run is not None:
+            await self._quietly(self._host.runtime(lockin.binary).delete(self.id, True))
+        self.output.end_attachments()
+        await self._quietly(self._host.unmount_rootfs(self._store.directory(self.id)))
+        await trio.to_thread.run_sync(remove_tree, self._bundle_dir)
+        message = str(error) if isinstance(error, DockyardError) else repr(error)
+        state = attrs.evolve(self._record.state, status=records.CREATED, error=message)
+        await self._quietly(
+            self._save(attrs.evolve(self._record, state=state, lockin=None))
+        )
+
+    async def _watch_exit(self, run: _Run) -> None:
+        try:
+            code = await self._host.wait_for_exit(run.pid)
+        except Exception as error:
+            logger.error("lost track of container %s: %s", self.id[:12], error)
+            code = -1
+        run.exit_code = code
+        run.exited.set()
+        # A closed actor means a shutdown or a removal has reaped it already.
+        with contextlib.suppress(trio.ClosedResourceError):
+            await self._actor.call(lambda: self._reap(run))
+
+    async def _reap(self, run: _Run) -> None:
+        """Record the exit of `run` and release what it held; idempotent."""
+        if self._run is not run:
+            return
+        self._run = None
+        code = run.exit_code if run.exit_code is not None else -1
+        lockin = self._record.lockin
+        if lockin is not None:
+            await self._quietly(self._host.runtime(lockin.binary).delete(self.id, True))
+        await self._quietly(self._host.unmount_rootfs(self._store.directory(self.id)))
+        state = attrs.evolve(
+            self._record.state,
+            status=records.EXITED,
+            pid=0,
+            exit_code=code,
+            finished_at=self._clock(),
+        )
+        await self._save(attrs.evolve(self._record, state=state))
+        logger.info("container %s exited with code %d", self.id[:12], code)
+        self._emit("die", exitCode=str(code))
+        changed, self._exit_changed = self._exit_changed, trio.Event()
+        changed.set()
+        if self._record.config.auto_remove:
+            self._nursery.start_soon(self._auto_remove)
+
+    async def _auto_remove(self) -> None:
+        try:
+            await self.remove(force=False)
+        except (DockyardError, trio.ClosedResourceError) as error:
+            logger.error("auto-remove of container %s failed: %s", self.id[:12], error)
+
+    async def _stop(self, grace: float | None) -> bool:
+        run = self._run
+        if run is None:
+            return False
+        if grace is None:
+            stop_timeout = self._record.config.stop_timeout
+            grace = DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout
+        runtime = self.locked_runtime()
+        logger.info("stopping container %s (grace %ss)", self.id[:12], grace)
+        await self._quietly(runtime.kill(self.id, self._record.config.stop_signal))
+        with trio.move_on_after(grace):
+            await run.exited.wait()
+        if not run.exited.is_set():
+            logger.info(
+                "container %s did not stop in %ss: killing", self.id[:12], grace
+            )
+            await self._kill_and_wait(run, runtime)
+        await self._reap(run)
+        self._emit("stop")
+        return True
+
+    async def _kill_and_wait(self, run: _Run, runtime: RuntimeClient) -> None:
+        await self._quietly(runtime.kill(self.id, "SIGKILL", all_processes=True))
+        with trio.move_on_after(KILL_GRACE):
+            await run.exited.wait()
+        if not run.exited.is_set():
+            raise RuntimeFailed(
+                f"container {self._record.name} did not exit {KILL_GRACE}s after "
+                f"SIGKILL through {runtime.binary}; check `runc state` for it"
+            )
+
+    async def _kill(self, signal: str) -> None:
+        if self._run is None:
+            raise Conflict(f"container {self._record.name} is not running")
+        await self.locked_runtime().kill(self.id, signal)
+        self._emit("kill", signal=signal)
+
+    async def _remove(self, force: bool) -> None:
+        run = self._run
+        if run is not None and not force:
+            raise Conflict(
+                f"container {self._record.name} is running: stop it before "
+                "removing it, or force the removal (docker rm -f)"
+            )
+        if run is not None:
+            await self._kill_and_wait(run, self.locked_runtime())
+            await self._reap(run)
+        state = attrs.evolve(self._record.state, status=records.REMOVING)
+        self._record = attrs.evolve(self._record, state=state)
+        lockin = self._record.lockin
+        if lockin is not None:
+            await self._quietly(self._host.runtime(lockin.binary).delete(self.id, True))
+        await self._quietly(self._host.unmount_rootfs(self._store.directory(self.id)))
+        await trio.to_thread.run_sync(remove_tree, self._bundle_dir)
+        await self._store.remove(self.id)
+        logger.info("removed container %s (%s)", self.id[:12], self._record.name)
+        self._emit("destroy")
+        self.output.end_attachments()
+        self._on_removed(self.id)
+        self.removed.set()
+        self._exit_changed.set()
+        self.close()
+
+    async def _save(self, record: ContainerRecord) -> None:
+        await self._store.save(record)
+        self._record = record
+
+    async def _quietly(self, step: Awaitable[object]) -> None:
+        """Await a clean-up step, logging a failure instead of raising it."""
+        try:
+            await step
+        except (DockyardError, OSError) as error:
+            logger.warning("clean-up for container %s: %s", self.id[:12], error)
+
+    def _emit(self, action: str, **extra: str) -> None:
+        attributes = {
+            "name": self._record.name,
+            "image": self._record.config.image,
+            **self._record.config.labels,
+            **extra,
+        }
+        self._events.emit("container", action, self.id, attributes)
+
+
+# The PATH a container gets when neither the image nor the request sets one.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -1,0 +1,59 @@
+"""Container records on disk: `<data-root>/containers/<id>/record.json`.
+
+Each record is written atomically, so after a crash a record is either the
+one before the last write or the one after it. Records are loaded once at
+daemon start; a record that cannot be read is skipped and logged, so one
+damaged file does not keep the daemon from starting.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+from actors.atomic import write_atomically
+from actors.host import remove_tree
+from messages.errors import InvalidRequest
+from messages.records import ContainerRecord, record_from_json, record_to_json
+
+logger = logging.getLogger(__name__)
+
+RECORD_FILE = "record.json"
+LOG_FILE = "container.log"
+
+
+class ContainerStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def directory(self, container_id: str) -> Path:
+        return self.root / container_id
+
+    def log_path(self, container_id: str) -> Path:
+        return self.directory(container_id) / LOG_FILE
+
+    async def save(self, record: ContainerRecord) -> None:
+        directory = self.directory(record.id)
+
+        def save() -> None:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomically(directory / RECORD_FILE, record_to_json(record))
+
+        await trio.to_thread.run_sync(save)
+
+    async def remove(self, container_id: str) -> None:
+        await trio.to_thread.run_sync(remove_tree, self.directory(container_id))
+
+    def load_all(self) -> list[ContainerRecord]:
+        """Read every record; blocking, for daemon start."""
+        records: list[ContainerRecord] = []
+        if not self.root.is_dir():
+            return records
+        for path in sorted(self.root.glob(f"*/{RECORD_FILE}")):
+            try:
+                records.append(record_from_json(path.read_bytes(), source=str(path)))
+            except (OSError, InvalidRequest) as error:
+                logger.error("skipped container record %s: %s", path, error)
+        return records

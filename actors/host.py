@@ -1,0 +1,151 @@
+"""The host: everything a container actor asks of the operating system.
+
+`LinuxHost` does it for real: runc through `OciRuntime`, overlay mounts,
+and waiting for container init processes as their subreaper. Race tests
+pass a fake host instead, whose runtime checks at every call that the
+binary it was invoked through exists; that is the only reason this seam
+exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from actors import reaper, rootfs
+from actors.runtime import OciRuntime, preflight
+from messages.execspec import ALL_CAPABILITIES, bounding_capabilities
+
+logger = logging.getLogger(__name__)
+
+# Present and "Y" when the kernel has AppArmor enabled.
+APPARMOR_ENABLED_FILE = Path("/sys/module/apparmor/parameters/enabled")
+
+
+class ExecHandle(Protocol):
+    async def wait(self) -> int: ...
+
+
+class RuntimeClient(Protocol):
+    """The OCI runtime calls Dockyard makes, all through one locked-in binary."""
+
+    @property
+    def binary(self) -> str: ...
+
+    async def create(
+        self,
+        container_id: str,
+        bundle: str,
+        pid_file: str,
+        *,
+        stdout: int,
+        stderr: int,
+        stdin: int | None = None,
+    ) -> int: ...
+
+    async def start(self, container_id: str) -> None: ...
+
+    async def state(self, container_id: str) -> dict[str, Any]: ...
+
+    async def kill(
+        self, container_id: str, signal: int | str, all_processes: bool = False
+    ) -> None: ...
+
+    async def delete(self, container_id: str, force: bool = False) -> None: ...
+
+    async def exec(
+        self,
+        container_id: str,
+        process_json_path: str,
+        *,
+        stdout: int,
+        stderr: int,
+        stdin: int | None = None,
+        pid_file: str,
+        log_file: str | None = None,
+    ) -> ExecHandle: ...
+
+
+class Host(Protocol):
+    apparmor_enabled: bool
+    # What "all capabilities" means for a privileged container: a process
+    # cannot grant capabilities outside its own bounding set.
+    privileged_capabilities: tuple[str, ...]
+
+    def runtime(self, binary: str) -> RuntimeClient: ...
+
+    def preflight(
+        self, runtime_name: str, binary: str, wrapped: str | None
+    ) -> None: ...
+
+    async def mount_rootfs(self, image_rootfs: Path, container_dir: Path) -> Path: ...
+
+    async def unmount_rootfs(self, container_dir: Path) -> None: ...
+
+    async def wait_for_exit(self, pid: int) -> int: ...
+
+
+def rootfs_path(container_dir: Path) -> Path:
+    return container_dir / "rootfs"
+
+
+class LinuxHost:
+    """The real host: runc with its state under `state_root`, overlayfs, pidfds."""
+
+    def __init__(self, state_root: Path) -> None:
+        self.state_root = state_root
+        self.apparmor_enabled = _apparmor_enabled()
+        self.privileged_capabilities = _own_bounding_set()
+        reaper.become_subreaper()
+
+    def runtime(self, binary: str) -> RuntimeClient:
+        return OciRuntime(binary=binary, state_root=str(self.state_root))
+
+    def preflight(self, runtime_name: str, binary: str, wrapped: str | None) -> None:
+        preflight(runtime_name, binary, wrapped)
+
+    async def mount_rootfs(self, image_rootfs: Path, container_dir: Path) -> Path:
+        target = rootfs_path(container_dir)
+        upper, work = container_dir / "upper", container_dir / "work"
+
+        def mount() -> None:
+            for directory in (upper, work, target):
+                directory.mkdir(parents=True, exist_ok=True)
+            if not rootfs.is_mounted(target):
+                rootfs.mount_overlay(image_rootfs, upper, work, target)
+
+        await trio.to_thread.run_sync(mount)
+        return target
+
+    async def unmount_rootfs(self, container_dir: Path) -> None:
+        target = rootfs_path(container_dir)
+        await trio.to_thread.run_sync(rootfs.unmount, target)
+
+    async def wait_for_exit(self, pid: int) -> int:
+        return await reaper.wait_for_exit(pid)
+
+
+def _own_bounding_set() -> tuple[str, ...]:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            return bounding_capabilities(line.removeprefix("CapBnd:"))
+    return ALL_CAPABILITIES
+
+
+def _apparmor_enabled() -> bool:
+    try:
+        return APPARMOR_ENABLED_FILE.read_text().strip() == "Y"
+    except OSError:
+        return False
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree that may be absent; blocking."""
+    shutil.rmtree(path, ignore_errors=not path.exists())
+    if os.path.lexists(path):
+        logger.warning("could not remove %s completely", path)

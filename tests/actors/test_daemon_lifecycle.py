@@ -1,0 +1,304 @@
+"""Container lifecycle through the embedding API, on the fake host in virtual time.
+
+These pin down ordering and error behaviour that real runc cannot be made
+to show on demand; the integration and end-to-end suites run the same
+operations for real.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from conftest import chunks_of, tiny_image_tar
+from fakes import FakeHost, FakeMachine
+from race_scenarios import Setup
+
+from actors.daemon import Daemon, open_daemon
+from actors.wrappers import WrapperStore
+from messages import records
+from messages.errors import Conflict, InvalidRequest, NotFound
+from messages.execspec import ExecOptions
+from messages.requests import CreateContainer
+from messages.wrapper import WRAPPER_DIRECTORY
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    setup = Setup(tmp_path)
+    setup.initial()
+    return setup
+
+
+@pytest.fixture
+def machine() -> FakeMachine:
+    return FakeMachine()
+
+
+def _open(setup: Setup, machine: FakeMachine):  # type: ignore[no-untyped-def]
+    return open_daemon(
+        setup.config_file,
+        flags=setup.flags,
+        host=FakeHost(machine),
+        wrappers=WrapperStore(Path(setup.flags.data_root or "") / WRAPPER_DIRECTORY),
+        lookup=setup.lookup,
+    )
+
+
+@pytest.fixture
+async def daemon(
+    setup: Setup, machine: FakeMachine, autojump_clock: trio.testing.MockClock
+) -> AsyncIterator[Daemon]:
+    async with _open(setup, machine) as daemon:
+        await daemon.import_image(chunks_of(tiny_image_tar()), reference="tiny")
+        yield daemon
+
+
+async def _create(daemon: Daemon, **fields: object) -> str:
+    request = attrs.evolve(CreateContainer(image="tiny", cmd=("sleep", "1")), **fields)
+    return (await daemon.create_container(request)).id
+
+
+async def test_start_records_lockin(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon
+) -> None:
+    container_id = await _create(daemon, runtime="fast")
+    assert daemon.container(container_id).lockin is None
+    assert await daemon.start_container(container_id)
+    record = daemon.container(container_id)
+    assert record.state.status == records.RUNNING
+    assert record.lockin is not None
+    assert record.lockin.name == "fast"
+    assert record.lockin.binary == daemon.snapshot().runtimes["fast"].binary
+    assert record.lockin.generation == daemon.snapshot().generation
+    assert record.lockin.apparmor_profile == ""
+    assert not await daemon.start_container(container_id)
+
+
+async def test_lockin_is_on_disk_before_runtime_create(
+    autojump_clock: trio.testing.MockClock,
+    daemon: Daemon,
+    machine: FakeMachine,
+    setup: Setup,
+) -> None:
+    container_id = await _create(daemon)
+    hold = machine.hold("create")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.start_container, container_id)
+        await hold.arrived.wait()
+        record_file = Path(setup.flags.data_root or "") / "containers" / container_id
+        saved = json.loads((record_file / "record.json").read_text())
+        hold.released.set()
+    assert saved["container"]["lockin"]["name"] == "runc"
+    assert saved["container"]["lockin"]["binary"] == str(setup.runtime_a)
+
+
+async def test_default_runtime_is_used_when_none_given(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon
+) -> None:
+    container_id = await _create(daemon)
+    await daemon.start_container(container_id)
+    lockin = daemon.container(container_id).lockin
+    assert lockin is not None
+    assert lockin.name == "runc"
+
+
+async def test_stop_signals_then_reaps(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon, machine: FakeMachine
+) -> None:
+    container_id = await _create(daemon)
+    await daemon.start_container(container_id)
+    assert await daemon.stop_container(container_id, grace=2)
+    record = daemon.container(container_id)
+    assert record.state.status == records.EXITED
+    assert record.state.exit_code == 128 + 15
+    operations = [call.operation for call in machine.calls_for(container_id)]
+    assert operations == ["create", "start", "kill", "delete"]
+    assert not await daemon.stop_container(container_id)
+
+
+async def test_stop_kills_after_grace(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon, machine: FakeMachine
+) -> None:
+    container_id = await _create(daemon)
+    await daemon.start_container(container_id)
+    process = machine.processes[machine.containers[container_id]]
+    process.ignored_signals.add(signal.SIGTERM)
+    start = trio.current_time()
+    await daemon.stop_container(container_id, grace=5)
+    assert trio.current_time() - start == pytest.approx(5)
+    assert process.received_signals == [signal.SIGTERM, signal.SIGKILL]
+    assert daemon.container(container_id).state.exit_code == 137
+
+
+async def test_wait_conditions(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon, machine: FakeMachine
+) -> None:
+    container_id = await _create(daemon)
+    codes: dict[str, int] = {}
+
+    async def wait(condition: str) -> None:
+        codes[condition] = await daemon.wait_container(container_id, condition)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "next-exit")
+        nursery.start_soon(wait, "removed")
+        await trio.testing.wait_all_tasks_blocked()
+        await daemon.start_container(container_id)
+        machine.processes[machine.containers[container_id]].exit(3)
+        assert await daemon.wait_container(container_id, "not-running") == 3
+        await trio.testing.wait_all_tasks_blocked()
+        assert codes == {"next-exit": 3}
+        await daemon.remove_container(container_id)
+    assert codes == {"next-exit": 3, "removed": 3}
+
+
+async def test_wait_rejects_unknown_condition(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon
+) -> None:
+    container_id = await _create(daemon)
+    with pytest.raises(InvalidRequest, match="invalid wait condition 'soon'"):
+        await daemon.wait_container(container_id, "soon")
+
+
+async def test_auto_remove_after_exit(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon, machine: FakeMachine
+) -> None:
+    container_id = await _create(daemon, auto_remove=True)
+    await daemon.start_container(container_id)
+    machine.processes[machine.containers[container_id]].exit(0)
+    assert await daemon.wait_container(container_id, "removed") == 0
+    with pytest.raises(NotFound):
+        daemon.container(container_id)
+
+
+async def test_remove_running_needs_force(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon
+) -> None:
+    container_id = await _create(daemon, name="web")
+    await daemon.start_container(container_id)
+    with pytest.raises(Conflict, match="container web is running"):
+        await daemon.remove_container("web")
+    await daemon.remove_container("web", force=True)
+    assert daemon.containers(all=True) == []
+
+
+async def test_kill_and_exec_need_a_running_container(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon
+) -> None:
+    container_id = await _create(daemon, name="idle")
+    with pytest.raises(Conflict, match="container idle is not running"):
+        await daemon.kill_container("idle", "SIGTERM")
+    with pytest.raises(Conflict, match="container idle is not running"):
+        daemon.create_exec("idle", ExecOptions(cmd=("true",)))
+    await daemon.start_container(container_id)
+    result = await daemon.exec("idle", ExecOptions(cmd=("true",)))
+    assert result.exit_code == 0
+    assert result.stdout == b"exec output\n"
+
+
+async def test_lookup_errors(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon
+) -> None:
+    await _create(daemon, name="taken")
+    with pytest.raises(NotFound, match="No such container: ghost"):
+        daemon.container("ghost")
+    with pytest.raises(Conflict, match='name "/taken" is already in use'):
+        await _create(daemon, name="taken")
+    with pytest.raises(NotFound, match="nope"):
+        await daemon.create_container(CreateContainer(image="nope"))
+    with pytest.raises(InvalidRequest) as caught:
+        await _create(daemon, runtime="slow")
+    assert "unknown runtime 'slow'; configured runtimes: fast, runc" in str(
+        caught.value
+    )
+
+
+async def test_failed_preflight_leaves_nothing(
+    autojump_clock: trio.testing.MockClock,
+    daemon: Daemon,
+    machine: FakeMachine,
+    setup: Setup,
+) -> None:
+    container_id = await _create(daemon, runtime="fast")
+    setup.runtime_a.unlink()
+    with pytest.raises(InvalidRequest) as caught:
+        await daemon.start_container(container_id)
+    assert "fast" in str(caught.value)
+    assert str(setup.runtime_a) in str(caught.value)
+    record = daemon.container(container_id)
+    assert record.lockin is None
+    assert record.state.status == records.CREATED
+    assert machine.calls_for(container_id) == []
+
+
+async def test_failed_create_undoes_the_start(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon, machine: FakeMachine
+) -> None:
+    container_id = await _create(daemon, runtime="fast")
+    binary = daemon.snapshot().runtimes["fast"].binary
+
+    async def vanish() -> None:
+        Path(binary).unlink()
+
+    hold = machine.hold("create")
+    async with trio.open_nursery() as nursery:
+
+        async def start() -> None:
+            with pytest.raises(Exception, match="does not exist for create"):
+                await daemon.start_container(container_id)
+
+        nursery.start_soon(start)
+        await hold.arrived.wait()
+        await vanish()
+        hold.released.set()
+    record = daemon.container(container_id)
+    assert record.lockin is None
+    assert record.state.status == records.CREATED
+    assert "does not exist" in record.state.error
+
+
+async def test_records_survive_a_restart(
+    autojump_clock: trio.testing.MockClock, setup: Setup, machine: FakeMachine
+) -> None:
+    async with _open(setup, machine) as daemon:
+        await daemon.import_image(chunks_of(tiny_image_tar()), reference="tiny")
+        kept = await _create(daemon, name="kept", runtime="fast")
+        await daemon.start_container(kept)
+        kept_binary = daemon.container(kept).lockin.binary  # type: ignore[union-attr]
+    # The shutdown stopped it; change the configuration before the restart
+    # so that the kept container's wrapper is no longer in the snapshot.
+    setup.apply("args-changed")
+    async with _open(setup, machine) as daemon:
+        record = daemon.container("kept")
+        assert record.state.status == records.EXITED
+        assert Path(kept_binary).exists()
+        await daemon.start_container("kept")
+        assert daemon.container("kept").state.status == records.RUNNING
+        await daemon.remove_container("kept", force=True)
+    async with _open(setup, machine) as daemon:
+        assert not Path(kept_binary).exists()
+        assert daemon.containers(all=True) == []
+
+
+async def test_events_for_lifecycle(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon
+) -> None:
+    with daemon.events() as events:
+        container_id = await _create(daemon, name="ev")
+        await daemon.start_container(container_id)
+        await daemon.stop_container(container_id, grace=1)
+        await daemon.remove_container(container_id)
+        actions = []
+        while True:
+            try:
+                actions.append(events.receive_nowait().action)
+            except trio.WouldBlock:
+                break
+    assert actions == ["create", "start", "die", "stop", "destroy"]
