@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from actors.images import IMAGES_DIRECTORY
+from actors.reload_actor import ConfigSource
 from messages.config import DEFAULT_HOST, DaemonFlags
 from messages.errors import DockyardError
 
@@ -75,8 +76,8 @@ def _add_daemon_flags(parser: argparse.ArgumentParser) -> None:
         "--config-file",
         type=Path,
         default=None,
-        help="daemon.json to read; without it, /etc/dockyard/daemon.json if it "
-        "exists, else the embedded defaults",
+        help="daemon.json to read (default /etc/dockyard/daemon.json; while that "
+        "does not exist, the embedded defaults apply)",
     )
     parser.add_argument("--data-root", help="where containers and images are kept")
     parser.add_argument("--exec-root", help="where runtime state is kept")
@@ -101,27 +102,34 @@ def _flags(arguments: argparse.Namespace) -> DaemonFlags:
     )
 
 
-def _config_file(arguments: argparse.Namespace) -> Path | None:
-    if arguments.config_file is not None:
-        path: Path = arguments.config_file
-        return path
-    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
+def _config_source(arguments: argparse.Namespace) -> ConfigSource:
+    """The file named by --config-file must exist; the default one may not."""
+    given: Path | None = arguments.config_file
+    return ConfigSource(
+        path=given or DEFAULT_CONFIG_FILE,
+        flags=_flags(arguments),
+        required=given is not None,
+    )
 
 
 def _run_daemon(arguments: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    trio.run(_daemon, _config_file(arguments), _flags(arguments))
+    trio.run(_daemon, _config_source(arguments))
     return 0
 
 
-async def _daemon(config_file: Path | None, flags: DaemonFlags) -> None:
+async def _daemon(source: ConfigSource) -> None:
     from actors.api.server import serve_api
     from actors.daemon import open_daemon
 
     signals = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
     with trio.open_signal_receiver(*signals) as received:
         async with (
-            open_daemon(config_file, flags=flags) as daemon,
+            open_daemon(
+                source.path,
+                flags=source.flags,
+                config_required=source.required,
+            ) as daemon,
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(_follow_debug, daemon.snapshots())
@@ -193,16 +201,15 @@ def _run_reload(arguments: argparse.Namespace) -> int:
 
 def _run_import_busybox(arguments: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    trio.run(_import_busybox, _config_file(arguments), _flags(arguments))
+    trio.run(_import_busybox, _config_source(arguments))
     return 0
 
 
-async def _import_busybox(config_file: Path | None, flags: DaemonFlags) -> None:
+async def _import_busybox(source: ConfigSource) -> None:
     from actors.busybox import import_busybox
     from actors.images import ImageStore
-    from actors.reload_actor import ConfigSource
 
-    config = ConfigSource(path=config_file, flags=flags).load()
+    config = source.load()
     store = ImageStore(Path(config.data_root) / IMAGES_DIRECTORY)
     await trio.Path(store.root).mkdir(parents=True, exist_ok=True)
     await store.load()

@@ -226,12 +226,14 @@ class ContainerActor:
         self._nursery.start_soon(
             self.output.pump, {STDOUT: stdout_read, STDERR: stderr_read}
         )
+        # Watched from here on, so that an init killed by a failed start is
+        # reaped too; its reap is queued behind this operation.
+        self._nursery.start_soon(self._watch_exit, run)
         await runtime.start(self.id)
         state = ContainerState(
             status=records.RUNNING, pid=pid, started_at=self._clock()
         )
         await self._save(attrs.evolve(self._record, state=state))
-        self._nursery.start_soon(self._watch_exit, run)
 
     async def _spec(self, rootfs: Path, lockin: RuntimeLockIn) -> bytes:
         config = self._record.config
@@ -263,9 +265,9 @@ class ContainerActor:
 
     async def _undo_start(self, lockin: RuntimeLockIn, error: BaseException) -> None:
         logger.error("start of container %s failed: %s", self.id[:12], error)
-        run, self._run = self._run, None
-        if run is not None:
-            await self._quietly(self._host.runtime(lockin.binary).delete(self.id, True))
+        self._run = None
+        # runc may have made the container even when create reported failure.
+        await self._quietly(self._host.runtime(lockin.binary).delete(self.id, True))
         self.output.end_attachments()
         await self._quietly(self._host.unmount_rootfs(self._store.directory(self.id)))
         await trio.to_thread.run_sync(remove_tree, self._bundle_dir)

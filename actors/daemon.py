@@ -359,6 +359,7 @@ async def open_daemon(
     config_file: Path | None = None,
     *,
     flags: DaemonFlags | None = None,
+    config_required: bool = True,
     host: Host | None = None,
     wrappers: WrapperStore | None = None,
     lookup: PathLookup = shutil.which,
@@ -366,10 +367,13 @@ async def open_daemon(
     """Run a daemon for the duration of the block, then stop its containers.
 
     `config_file` is daemon.json; None runs on the embedded defaults plus
-    `flags`. `host` and `wrappers` default to the real ones; tests pass
+    `flags`. With `config_required` false, a missing file counts as empty
+    until a reload finds it. `host` and `wrappers` default to the real ones; tests pass
     fakes to control time and faults.
     """
-    source = ConfigSource(path=config_file, flags=flags or DaemonFlags())
+    source = ConfigSource(
+        path=config_file, flags=flags or DaemonFlags(), required=config_required
+    )
     initial_config = await trio.to_thread.run_sync(source.load)
     data_root = Path(initial_config.data_root)
     exec_root = Path(initial_config.exec_root)

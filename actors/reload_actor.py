@@ -49,10 +49,16 @@ PathLookup = Callable[[str], str | None]
 
 @attrs.frozen
 class ConfigSource:
-    """Where configurations come from: daemon.json (if any) and the flags."""
+    """Where configurations come from: daemon.json (if any) and the flags.
+
+    With `required` false, a missing file means the embedded defaults, so
+    a daemon started without daemon.json picks the file up on a reload
+    once it has been written.
+    """
 
     path: Path | None = None
     flags: DaemonFlags = attrs.field(factory=DaemonFlags)
+    required: bool = True
 
     def load(self) -> DaemonConfig:
         """Read and decode the configuration; blocking, so run it in a thread."""
@@ -60,10 +66,17 @@ class ConfigSource:
             return parse_daemon_json("", source="flags", flags=self.flags)
         try:
             text = self.path.read_text()
+        except FileNotFoundError:
+            if self.required:
+                raise InvalidConfig(
+                    f"{self.path} does not exist. Create it, or pass the right "
+                    "--config-file."
+                ) from None
+            text = ""
         except OSError as error:
             raise InvalidConfig(
-                f"cannot read {self.path}: {error.strerror}. Create the file or "
-                "pass the right --config-file."
+                f"cannot read {self.path}: {error.strerror}. Fix its permissions "
+                "or pass another --config-file."
             ) from None
         return parse_daemon_json(text, source=str(self.path), flags=self.flags)
 

@@ -152,7 +152,9 @@ async def test_stop_with_a_signal_the_process_handles(daemon: Daemon) -> None:
 
 
 async def test_kill_with_a_signal(daemon: Daemon) -> None:
-    container_id = await _run(daemon, "sh", "-c", "trap 'exit 9' USR1; sleep 1000 & wait")
+    container_id = await _run(
+        daemon, "sh", "-c", "trap 'exit 9' USR1; sleep 1000 & wait"
+    )
     await daemon.kill_container(container_id, "SIGUSR1")
     assert await daemon.wait_container(container_id) == 9
     await daemon.remove_container(container_id)
