@@ -31,16 +31,16 @@ from actors.container_store import ContainerStore
 from actors.events import EventBus
 from actors.host import Host, RuntimeClient, remove_tree, rootfs_path
 from actors.output import OutputHub
-from actors.rootfs_files import read_text_in_root
+from actors.rootfs_files import resolve_container_user
 from messages import records
 from messages.errors import Conflict, DockyardError, RuntimeFailed
 from messages.execspec import DEFAULT_CAPABILITIES, select_apparmor_profile
 from messages.oci import spec_to_json
 from messages.records import ContainerRecord, ContainerState, RuntimeLockIn
+from messages.requests import with_default_path
 from messages.snapshot import Snapshot
 from messages.spec import container_spec
 from messages.stream import STDERR, STDOUT
-from messages.users import resolve_user
 
 logger = logging.getLogger(__name__)
 
@@ -237,12 +237,8 @@ class ContainerActor:
 
     async def _spec(self, rootfs: Path, lockin: RuntimeLockIn) -> bytes:
         config = self._record.config
-        passwd = await trio.to_thread.run_sync(read_text_in_root, rootfs, "/etc/passwd")
-        group = await trio.to_thread.run_sync(read_text_in_root, rootfs, "/etc/group")
-        user = resolve_user(config.user, passwd, group)
-        env = config.env
-        if not any(entry.startswith("PATH=") for entry in env):
-            env = (f"PATH={DEFAULT_PATH}", *env)
+        user = await resolve_container_user(rootfs, config.user)
+        env = with_default_path(config.env)
         if not any(entry.startswith("HOME=") for entry in env):
             env = (*env, f"HOME={user.home}")
         spec = container_spec(
@@ -402,7 +398,3 @@ class ContainerActor:
             **extra,
         }
         self._events.emit("container", action, self.id, attributes)
-
-
-# The PATH a container gets when neither the image nor the request sets one.
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

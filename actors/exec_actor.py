@@ -17,11 +17,11 @@ from pathlib import Path
 import attrs
 import trio
 
-from actors.container_actor import DEFAULT_PATH, ContainerActor
+from actors.container_actor import ContainerActor
 from actors.events import EventBus
 from actors.host import remove_tree
 from actors.output import READ_SIZE
-from actors.rootfs_files import read_text_in_root
+from actors.rootfs_files import resolve_container_user
 from messages.errors import Conflict, NotFound
 from messages.execspec import (
     DEFAULT_CAPABILITIES,
@@ -30,8 +30,8 @@ from messages.execspec import (
     exec_process,
 )
 from messages.oci import process_to_json
+from messages.requests import with_default_path
 from messages.stream import STDERR, STDOUT, encode_frame
-from messages.users import resolve_user
 
 logger = logging.getLogger(__name__)
 
@@ -138,14 +138,11 @@ class ExecActor:
         assert record.lockin is not None
         config = record.config
         rootfs = instance.container.rootfs
-        passwd = await trio.to_thread.run_sync(read_text_in_root, rootfs, "/etc/passwd")
-        group = await trio.to_thread.run_sync(read_text_in_root, rootfs, "/etc/group")
-        user = resolve_user(instance.options.user or config.user, passwd, group)
-        env = config.env
-        if not any(entry.startswith("PATH=") for entry in env):
-            env = (f"PATH={DEFAULT_PATH}", *env)
+        user = await resolve_container_user(
+            rootfs, instance.options.user or config.user
+        )
         container = ExecContainer(
-            env=env,
+            env=with_default_path(config.env),
             working_dir=config.working_dir,
             privileged=config.privileged,
             apparmor_profile=record.lockin.apparmor_profile,

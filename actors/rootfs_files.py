@@ -13,6 +13,10 @@ import posixpath
 import stat
 from pathlib import Path
 
+import trio
+
+from messages.users import ResolvedUser, resolve_user
+
 # Linux's own limit on symlinks followed in one lookup.
 MAX_SYMLINKS = 40
 # Larger account files are not real account databases.
@@ -64,3 +68,10 @@ def read_text_in_root(root: Path, path: str) -> str | None:
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_SIZE:
             return None
         return file.read(MAX_FILE_SIZE).decode("utf-8", errors="replace")
+
+
+async def resolve_container_user(root: Path, spec: str) -> ResolvedUser:
+    """Resolve a `--user` value against the container's own account files."""
+    passwd = await trio.to_thread.run_sync(read_text_in_root, root, "/etc/passwd")
+    group = await trio.to_thread.run_sync(read_text_in_root, root, "/etc/group")
+    return resolve_user(spec, passwd, group)

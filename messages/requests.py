@@ -20,6 +20,8 @@ from messages.records import ContainerConfig
 # Docker's rule for container names.
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 APPARMOR_OPTION = "apparmor"
+# The PATH a container gets when neither the image nor the request sets one.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quiet")
 _NOUNS = ("anchor", "buoy", "crane", "dock", "hull", "keel", "mast", "pier")
 
@@ -117,3 +119,10 @@ def container_config(request: CreateContainer, image: ImageRecord) -> ContainerC
         stop_signal=request.stop_signal or "SIGTERM",
         stop_timeout=request.stop_timeout,
     )
+
+
+def with_default_path(env: tuple[str, ...]) -> tuple[str, ...]:
+    """Return `env` with DEFAULT_PATH in front unless it sets PATH itself."""
+    if any(entry.startswith("PATH=") for entry in env):
+        return env
+    return (f"PATH={DEFAULT_PATH}", *env)
