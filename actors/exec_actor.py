@@ -40,6 +40,9 @@ FrameSink = Callable[[bytes], Awaitable[None]]
 # Finished exec instances kept for `docker exec` to read their exit codes;
 # the oldest go first, so a long-lived daemon does not grow without bound.
 MAX_FINISHED_EXECS = 1024
+# Exit code of an exec whose process could not be started (unknown user,
+# missing program): the value dockerd's ContainerExecStart records.
+EXEC_START_FAILED = 126
 
 
 @attrs.define(eq=False)
@@ -80,6 +83,12 @@ class ExecActor:
         instance.running = True
         try:
             code = await self._run(instance, sink)
+        except Exception:
+            # A failed start ends the exec too, so `docker exec` reads a
+            # failure from its exit code instead of a missing one (read as 0).
+            instance.exit_code = EXEC_START_FAILED
+            self._retire(instance.id)
+            raise
         finally:
             instance.running = False
         instance.exit_code = code

@@ -1,0 +1,384 @@
+"""A real `dockyard daemon` process, driven by the real docker CLI.
+
+Each daemon runs on its own data root, exec root and socket in a temporary
+directory, with the busybox image imported before it starts. The docker CLI
+gets its own DOCKER_CONFIG, so nothing of the host's docker setup is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from conftest import require_real
+
+pytestmark = [pytest.mark.real, pytest.mark.docker_cli]
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKYARD = ROOT / ".venv" / "bin" / "dockyard"
+# Upper bounds that keep a hung CLI call or daemon from hanging the suite.
+# They are hang guards, not measurements: every call normally ends far sooner.
+COMMAND_TIMEOUT = 120
+SHUTDOWN_TIMEOUT = 60
+LISTENING = "API listening on unix://"
+# A container that exits at once on SIGTERM; sh runs the trap after `sleep 1`.
+TERMINABLE = "trap 'exit 0' TERM; while :; do sleep 1; done"
+
+
+@attrs.define
+class DaemonProcess:
+    root: Path
+    process: subprocess.Popen[str]
+    env: dict[str, str]
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.root / 'd.sock'}"
+
+    def docker(self, *args: str, stdin: bytes | None = None) -> Result:
+        docker = shutil.which("docker")
+        assert docker is not None
+        completed = subprocess.run(
+            [docker, "-H", self.host, *args],
+            input=stdin,
+            capture_output=True,
+            env=self.env,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+        return Result(
+            completed.returncode,
+            completed.stdout.decode(errors="replace"),
+            completed.stderr.decode(errors="replace"),
+        )
+
+    def log(self) -> str:
+        return (self.root / "daemon.log").read_text(errors="replace")
+
+    def terminate(self) -> int:
+        """Send SIGTERM and return the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=SHUTDOWN_TIMEOUT)
+
+
+@attrs.frozen
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def start_daemon(root: Path) -> DaemonProcess:
+    config = root / "daemon.json"
+    config.write_text("{}")
+    dirs = [
+        "--config-file",
+        str(config),
+        "--data-root",
+        str(root / "data"),
+        "--exec-root",
+        str(root / "exec"),
+    ]
+    subprocess.run(
+        [str(DOCKYARD), "import-busybox", *dirs],
+        check=True,
+        capture_output=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_API_VERSION")
+    }
+    env["DOCKER_CONFIG"] = str(root / "docker-config")
+    with (root / "daemon.log").open("w") as log:
+        process = subprocess.Popen(
+            [str(DOCKYARD), "daemon", *dirs, "--host", f"unix://{root / 'd.sock'}"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    daemon = DaemonProcess(root, process, env)
+
+    assert process.stdout is not None
+    for line in process.stdout:
+        if LISTENING in line:
+            return daemon
+    process.wait(timeout=SHUTDOWN_TIMEOUT)
+    pytest.fail(f"the daemon exited with {process.returncode}:\n{daemon.log()}")
+
+
+def clean_up(root: Path, daemon: DaemonProcess | None) -> None:
+    """Stop what a failed test left running: the daemon, runc containers, mounts."""
+    if daemon is not None and daemon.process.poll() is None:
+        daemon.process.kill()
+        daemon.process.wait(timeout=SHUTDOWN_TIMEOUT)
+    runc = shutil.which("runc")
+    state = root / "exec" / "runc"
+    if runc is not None and state.is_dir():
+        listed = subprocess.run(
+            [runc, "--root", str(state), "list", "-q"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for container_id in listed.stdout.split():
+            subprocess.run(
+                [runc, "--root", str(state), "delete", "--force", container_id],
+                check=False,
+            )
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    for target in sorted((line.split()[1] for line in mounts), reverse=True):
+        if target.startswith(f"{root}/"):
+            subprocess.run(["umount", "--lazy", target], check=False)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_daemon() -> Iterator[DaemonProcess]:
+    require_real(docker_cli=True)
+    # A short path, because a Unix socket path is limited to 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="dye2e-"))
+    daemon = None
+    try:
+        daemon = start_daemon(root)
+        yield daemon
+    finally:
+        clean_up(root, daemon)
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    with running_daemon() as started:
+        yield started
+        code = started.terminate()
+        assert code == 0, started.log()
+
+
+def names(daemon: DaemonProcess, *flags: str) -> list[str]:
+    listed = daemon.docker("ps", *flags, "--format", "{{.Names}}")
+    assert listed.code == 0, listed.stderr
+    return listed.stdout.split()
+
+
+# --- Tests ----------------------------------------------------------------------------
+
+
+def test_version_and_info(daemon: DaemonProcess) -> None:
+    version = daemon.docker("version")
+    assert version.code == 0, version.stderr
+    assert "Server: Dockyard" in version.stdout
+    assert "1.43" in version.stdout
+    info = daemon.docker("info")
+    assert info.code == 0, info.stderr
+    assert "Runtimes: runc" in info.stdout
+    assert "Default Runtime: runc" in info.stdout
+
+
+def test_run_rm_prints_hello(daemon: DaemonProcess) -> None:
+    result = daemon.docker("run", "--rm", "--name", "hello", "busybox", "echo", "hello")
+    assert result.code == 0, result.stderr
+    assert result.stdout == "hello\n"
+    assert "hello" not in names(daemon, "-a")
+
+
+def test_run_passes_exit_code_and_stderr(daemon: DaemonProcess) -> None:
+    result = daemon.docker(
+        "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 5"
+    )
+    assert result.code == 5
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"
+
+
+def test_detached_container_lifecycle(daemon: DaemonProcess) -> None:
+    started = daemon.docker(
+        "run",
+        "--name",
+        "c1",
+        "-d",
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; exec sleep 1000",
+    )
+    assert started.code == 0, started.stderr
+    container_id = started.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", container_id)
+
+    hi = daemon.docker("exec", "c1", "echo", "hi")
+    assert hi.code == 0, hi.stderr
+    assert hi.stdout == "hi\n"
+    assert daemon.docker("exec", "c1", "sh", "-c", "exit 3").code == 3
+    uid = daemon.docker("exec", "-u", "app", "c1", "id", "-u")
+    assert uid.code == 0, uid.stderr
+    assert uid.stdout == "1000\n"
+    streams = daemon.docker("exec", "c1", "sh", "-c", "echo out; echo err >&2")
+    assert streams.stdout == "out\n"
+    assert streams.stderr == "err\n"
+    missing_user = daemon.docker("exec", "-u", "nobody2", "c1", "true")
+    assert missing_user.code == 126
+    assert "nobody2" in missing_user.stderr
+
+    listed = daemon.docker("ps")
+    assert listed.code == 0, listed.stderr
+    assert "c1" in listed.stdout
+    assert "Up " in listed.stdout
+
+    inspected = daemon.docker("inspect", "c1")
+    assert inspected.code == 0, inspected.stderr
+    document = json.loads(inspected.stdout)[0]
+    assert document["Id"] == container_id
+    assert document["Name"] == "/c1"
+    assert document["State"]["Running"] is True
+    assert document["Dockyard"]["Runtime"] == "runc"
+    assert document["Dockyard"]["RuntimeBinary"] == shutil.which("runc")
+    assert document["Dockyard"]["Generation"] == 1
+
+    stopped = daemon.docker("stop", "-t", "2", "c1")
+    assert stopped.code == 0, stopped.stderr
+    assert stopped.stdout == "c1\n"
+    assert "c1" not in names(daemon)
+    all_listed = daemon.docker("ps", "-a")
+    assert "Exited (137)" in all_listed.stdout
+
+    logs = daemon.docker("logs", "c1")
+    assert logs.code == 0, logs.stderr
+    assert logs.stdout == "started\n"
+
+    late = daemon.docker("exec", "c1", "echo", "hi")
+    assert late.code != 0
+    assert "is not running" in late.stderr
+
+    removed = daemon.docker("rm", "c1")
+    assert removed.code == 0, removed.stderr
+    assert "c1" not in names(daemon, "-a")
+
+
+def test_run_attached_keeps_container(daemon: DaemonProcess) -> None:
+    ran = daemon.docker("run", "--name", "kept", "busybox", "echo", "kept")
+    assert ran.code == 0, ran.stderr
+    assert ran.stdout == "kept\n"
+    listed = daemon.docker("ps", "-a", "--filter", "name=kept")
+    assert "Exited (0)" in listed.stdout
+    assert daemon.docker("rm", "kept").code == 0
+
+
+def test_kill_then_wait(daemon: DaemonProcess) -> None:
+    assert (
+        daemon.docker("run", "-d", "--name", "k1", "busybox", "sleep", "1000").code == 0
+    )
+    killed = daemon.docker("kill", "k1")
+    assert killed.code == 0, killed.stderr
+    waited = daemon.docker("wait", "k1")
+    assert waited.code == 0, waited.stderr
+    assert waited.stdout == "137\n"
+    again = daemon.docker("kill", "k1")
+    assert again.code != 0
+    assert "is not running" in again.stderr
+    assert daemon.docker("rm", "k1").code == 0
+
+
+def test_logs_follow_ends_with_run(daemon: DaemonProcess) -> None:
+    script = "echo one; sleep 1; echo two >&2"
+    started = daemon.docker("run", "-d", "--name", "f1", "busybox", "sh", "-c", script)
+    assert started.code == 0, started.stderr
+    followed = daemon.docker("logs", "-f", "f1")
+    assert followed.code == 0, followed.stderr
+    assert followed.stdout == "one\n"
+    assert followed.stderr == "two\n"
+    tail = daemon.docker("logs", "--tail", "1", "f1")
+    assert tail.stdout == ""
+    assert tail.stderr == "two\n"
+    assert daemon.docker("rm", "f1").code == 0
+
+
+def test_unknown_container_404(daemon: DaemonProcess) -> None:
+    result = daemon.docker("stop", "nosuch")
+    assert result.code == 1
+    assert "No such container: nosuch" in result.stderr
+
+
+def test_duplicate_name_409(daemon: DaemonProcess) -> None:
+    first = daemon.docker("create", "--name", "dup", "busybox", "true")
+    second = daemon.docker("create", "--name", "dup", "busybox", "true")
+    assert first.code == 0, first.stderr
+    assert second.code != 0
+    assert "already in use" in second.stderr
+    assert daemon.docker("rm", "dup").code == 0
+
+
+def test_unknown_runtime_lists_runtimes(daemon: DaemonProcess) -> None:
+    result = daemon.docker("run", "--rm", "--runtime", "nosuch", "busybox", "true")
+    assert result.code == 125
+    assert "unknown runtime 'nosuch'" in result.stderr
+    assert "configured runtimes: runc" in result.stderr
+
+
+def test_unknown_image_says_import(daemon: DaemonProcess) -> None:
+    result = daemon.docker("run", "--rm", "no-such-image", "true")
+    assert result.code == 125
+    assert "docker import" in result.stderr
+
+
+def test_tty_rejected(daemon: DaemonProcess) -> None:
+    result = daemon.docker("run", "--rm", "-t", "busybox", "true")
+    assert result.code == 125
+    assert "TTY is not supported" in result.stderr
+
+
+def test_import_then_run(daemon: DaemonProcess) -> None:
+    from actors.busybox import build_busybox_tar
+
+    tarball = daemon.root / "busybox.tar"
+    tarball.write_bytes(build_busybox_tar())
+    imported = daemon.docker("import", str(tarball), "mine:1")
+    assert imported.code == 0, imported.stderr
+    assert imported.stdout.startswith("sha256:")
+    images = daemon.docker("images", "--format", "{{.Repository}}:{{.Tag}}")
+    assert "mine:1" in images.stdout.split()
+    ran = daemon.docker("run", "--rm", "mine:1", "echo", "imported")
+    assert ran.code == 0, ran.stderr
+    assert ran.stdout == "imported\n"
+
+
+def test_dockyard_reload(daemon: DaemonProcess) -> None:
+    result = subprocess.run(
+        [str(DOCKYARD), "reload", "--host", daemon.host],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("reloaded: generation ")
+
+
+def test_sigterm_stops_containers_and_exits_zero() -> None:
+    with running_daemon() as daemon:
+        started = daemon.docker("run", "-d", "busybox", "sh", "-c", TERMINABLE)
+        assert started.code == 0, started.stderr
+        assert daemon.terminate() == 0, daemon.log()
+        runc = shutil.which("runc")
+        assert runc is not None
+        state = daemon.root / "exec" / "runc"
+        listed = subprocess.run(
+            [runc, "--root", str(state), "list", "-q"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert listed.stdout.split() == []
+        mounts = Path("/proc/self/mounts").read_text()
+        assert str(daemon.root) not in mounts
