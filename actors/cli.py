@@ -33,14 +33,26 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     arguments = parser.parse_args(argv)
+    status = 1
     try:
-        result: int = arguments.run(arguments)
-        return result
-    except DockyardError as error:
-        print(f"dockyard: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        status = arguments.run(arguments)
+    except* DockyardError as group:
+        # Errors raised inside the daemon's nurseries arrive grouped.
+        for error in _leaves(group):
+            print(f"dockyard: {error}", file=sys.stderr)
+    except* KeyboardInterrupt:
+        status = 130
+    return status
+
+
+def _leaves(group: BaseExceptionGroup[DockyardError]) -> list[DockyardError]:
+    leaves: list[DockyardError] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            leaves.extend(_leaves(error))
+        else:
+            leaves.append(error)
+    return leaves
 
 
 def _parser() -> argparse.ArgumentParser:

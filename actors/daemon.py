@@ -43,7 +43,7 @@ from messages.config import DaemonConfig, DaemonFlags
 from messages.errors import Conflict, InvalidRequest, NotFound
 from messages.events import Event
 from messages.execspec import ExecOptions
-from messages.images import ImageRecord
+from messages.images import ImageRecord, ImageRemoval
 from messages.records import ContainerRecord
 from messages.reload import ReloadOutcome
 from messages.requests import (
@@ -140,6 +140,20 @@ class Daemon:
 
     def image(self, reference: str) -> ImageRecord:
         return self._images.get(reference)
+
+    async def remove_image(self, reference: str, force: bool = False) -> ImageRemoval:
+        """Untag an image, or delete it when no tag is left; never one in use."""
+
+        def in_use(image_id: str) -> bool:
+            return any(
+                actor.record.config.image_id == image_id
+                for actor in self._containers.values()
+            )
+
+        removal = await self._images.remove(reference, in_use=in_use, force=force)
+        for image_id in removal.deleted:
+            self._events.emit("image", "delete", image_id, {"name": reference})
+        return removal
 
     # Containers.
 

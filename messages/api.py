@@ -27,7 +27,7 @@ from messages import records
 from messages.errors import InvalidRequest
 from messages.events import Event
 from messages.execspec import ExecOptions
-from messages.images import ImageRecord
+from messages.images import ImageRecord, ImageRemoval
 from messages.records import ContainerRecord, ContainerState
 from messages.reload import ReloadOutcome
 from messages.requests import CreateContainer
@@ -660,6 +660,13 @@ def image_summary(image: ImageRecord) -> dict[str, Any]:
         # -1 means "not computed", as dockerd reports it without ?shared-size.
         "Containers": -1,
     }
+
+
+def image_removal_json(removal: ImageRemoval) -> list[dict[str, str]]:
+    """Build the body of `DELETE /images/{name}`, as `docker rmi` prints it."""
+    return [{"Untagged": tag} for tag in removal.untagged] + [
+        {"Deleted": image_id} for image_id in removal.deleted
+    ]
 
 
 def image_inspect(image: ImageRecord) -> dict[str, Any]:

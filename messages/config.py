@@ -190,7 +190,7 @@ def parse_daemon_json(
     except json.JSONDecodeError as error:
         raise InvalidConfig(
             f"{source}: invalid JSON at line {error.lineno} column {error.colno}: "
-            f"{error.msg}. Fix the file and reload."
+            f"{error.msg}. Fix the file; nothing was applied."
         ) from None
     if not isinstance(raw, dict):
         raise InvalidConfig(
@@ -202,7 +202,9 @@ def parse_daemon_json(
         config = CONFIG_CONVERTER.structure(raw, DaemonConfig)
     except (ClassValidationError, IterableValidationError) as error:
         problems = "; ".join(_describe_errors(error, ""))
-        raise InvalidConfig(f"{source}: {problems}. Fix the file and reload.") from None
+        raise InvalidConfig(
+            f"{source}: {problems}. Fix the file; nothing was applied."
+        ) from None
     config = attrs.evolve(config, **overrides)
     validate_config(config, source=source)
     return config
@@ -255,7 +257,7 @@ def _describe_errors(error: BaseException, path: str) -> list[str]:
     if isinstance(error, ForbiddenExtraKeysError):
         where = f" in {path}" if path else ""
         keys = ", ".join(sorted(error.extra_fields))
-        return [f"unknown key{where}: {keys}. Remove it; see the README for the keys."]
+        return [f"unknown key{where}: {keys} (remove it; the README lists the keys)"]
     if not isinstance(error, ClassValidationError | IterableValidationError):
         return [f"{path or 'top level'}: {error}"]
     messages: list[str] = []

@@ -52,10 +52,6 @@ PULL_UNSUPPORTED = (
     "tarball and import it with `docker import FILE.tar NAME`, or run "
     "`dockyard import-busybox` for busybox"
 )
-RMI_UNSUPPORTED = (
-    "removing images is not supported by Dockyard's API yet, so the image was "
-    "kept; importing another image under the same name moves the tag to it"
-)
 
 T = TypeVar("T")
 
@@ -558,10 +554,10 @@ async def inspect_image(call: Call) -> None:
 
 
 async def remove_image(call: Call) -> None:
-    # NOTE: the Daemon has no public image removal yet (ImageStore.remove
-    # exists but is private to it), so `docker rmi` is rejected.
-    call.daemon.image(call.params["name"])
-    await respond_json(call, 501, api.error_json(RMI_UNSUPPORTED))
+    removal = await call.daemon.remove_image(
+        call.params["name"], force=call.flag("force")
+    )
+    await respond_json(call, 200, api.image_removal_json(removal))
 
 
 # --- The table ------------------------------------------------------------------------
