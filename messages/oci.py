@@ -161,12 +161,12 @@ OCI_CONVERTER.register_structure_hook_factory(attrs.has, _make_structure)
 
 def spec_to_json(spec: Spec) -> bytes:
     """Encode a spec as the content of a bundle's config.json."""
-    return json.dumps(OCI_CONVERTER.unstructure(spec), indent=2).encode()
+    return json.dumps(OCI_CONVERTER.unstructure(spec)).encode()
 
 
 def process_to_json(process: Process) -> bytes:
     """Encode a process as the file `runc exec --process` reads."""
-    return json.dumps(OCI_CONVERTER.unstructure(process), indent=2).encode()
+    return json.dumps(OCI_CONVERTER.unstructure(process)).encode()
 
 
 def spec_from_json(data: bytes) -> Spec:

@@ -109,7 +109,7 @@ def record_to_json(record: ContainerRecord) -> bytes:
         "version": RECORD_FORMAT_VERSION,
         "container": RECORD_CONVERTER.unstructure(record),
     }
-    return json.dumps(document, indent=2, sort_keys=True).encode()
+    return json.dumps(document, sort_keys=True).encode()
 
 
 def record_from_json(data: bytes, *, source: str) -> ContainerRecord:

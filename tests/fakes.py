@@ -2,10 +2,10 @@
 
 The fake stands in for runc, overlayfs and process reaping only where a
 test needs control that real parts cannot give: holding a runtime call at
-an exact point while a reload runs. Its runtime checks, at every call,
-that the binary it was invoked through exists and what that file holds,
-so a test can tell whether a call went through the binary its container
-locked in.
+an exact point while a reload runs, or delaying every call by a virtual
+time the test chooses. Its runtime checks, at every call, that the binary
+it was invoked through exists and what that file holds, so a test can
+tell whether a call went through the binary its container locked in.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import signal as signals
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,10 @@ class FakeMachine:
         self.calls: list[Call] = []
         self.processes: dict[int, FakeProcess] = {}
         self.holds: dict[str, Hold] = {}
+        # Awaited with the operation and the container id at the start of
+        # every runtime call, before any hold. The race explorer sleeps here
+        # for a random virtual time, so that calls interleave with reloads.
+        self.delay: Callable[[str, str], Awaitable[None]] | None = None
         # Container id to the pid of its fake init process.
         self.containers: dict[str, int] = {}
         self._next_pid = FIRST_FAKE_PID
@@ -97,6 +101,8 @@ class FakeMachine:
         return [call for call in self.calls if call.container_id == container_id]
 
     async def enter(self, operation: str, container_id: str, binary: str) -> None:
+        if self.delay is not None:
+            await self.delay(operation, container_id)
         hold = self.holds.get(operation)
         if hold is not None:
             await hold.wait()

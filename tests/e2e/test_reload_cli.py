@@ -158,6 +158,10 @@ def test_flag_and_file_clash_is_reported(daemon: DaemonProcess) -> None:
 
 def test_records_survive_restart() -> None:
     with running_daemon() as daemon:
+        # The shutdown SIGKILLs the container (sleep as PID 1 ignores
+        # SIGTERM) after this many seconds.
+        daemon.config_file.write_text('{"shutdown-timeout": 1}')
+        assert daemon.dockyard("reload").code == 0
         started = daemon.docker(
             "run", "-d", "--name", "kept", "busybox", "sleep", "1000"
         )

@@ -1,0 +1,1 @@
+"""Bench programs: stress and comparison runs, never timed assertions."""
