@@ -6,11 +6,13 @@ import argparse
 import http.client
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -18,6 +20,9 @@ from actors.images import IMAGES_DIRECTORY
 from actors.reload_actor import ConfigSource
 from messages.config import DEFAULT_HOST, DaemonFlags
 from messages.errors import DockyardError
+
+if TYPE_CHECKING:
+    from actors.daemon import Daemon
 
 logger = logging.getLogger("dockyard")
 
@@ -27,6 +32,8 @@ RELOAD_PATH = "/dockyard/reload"
 RELOAD_REQUEST_TIMEOUT = 120.0
 # The busybox image `make run` imports.
 BUSYBOX_REFERENCE = "busybox:latest"
+# Written under exec-root while the daemon runs, for `kill -HUP "$(cat ...)"`.
+PID_FILE_NAME = "dockyard.pid"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -145,19 +152,31 @@ async def _daemon(source: ConfigSource) -> None:
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(_follow_debug, daemon.snapshots())
-            for host in daemon.snapshot().config.hosts:
-                path = Path(host.removeprefix("unix://"))
-                await nursery.start(serve_api, daemon, path)
-                print(f"dockyard: API listening on unix://{path}", flush=True)
-            async for number in received:
-                if number == signal.SIGHUP:
-                    logger.info("SIGHUP received: reloading the configuration")
-                    daemon.request_reload()
-                    continue
-                name = signal.Signals(number).name
-                logger.info("%s received: shutting down", name)
-                nursery.cancel_scope.cancel()
-                break
+            config = daemon.snapshot().config
+            pid_file = trio.Path(config.exec_root) / PID_FILE_NAME
+            await pid_file.write_text(f"{os.getpid()}\n")
+            try:
+                for host in config.hosts:
+                    path = Path(host.removeprefix("unix://"))
+                    await nursery.start(serve_api, daemon, path)
+                    print(f"dockyard: API listening on unix://{path}", flush=True)
+                print(f"dockyard: pid {os.getpid()} is in {pid_file}", flush=True)
+                await _handle_signals(received, daemon)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await pid_file.unlink(missing_ok=True)
+            nursery.cancel_scope.cancel()
+
+
+async def _handle_signals(received: AsyncIterator[int], daemon: Daemon) -> None:
+    """Reload on SIGHUP; return on SIGTERM or SIGINT, to shut down."""
+    async for number in received:
+        if number == signal.SIGHUP:
+            logger.info("SIGHUP received: reloading the configuration")
+            daemon.request_reload()
+            continue
+        logger.info("%s received: shutting down", signal.Signals(number).name)
+        return
 
 
 async def _follow_debug(snapshots: AsyncIterator[object]) -> None:

@@ -161,6 +161,17 @@ class ContainerActor:
     # The operations themselves.
 
     async def _start(self, snapshot: Snapshot) -> bool:
+        try:
+            return await self._start_with(snapshot)
+        except Exception:
+            if self._record.config.auto_remove and not self._record.running:
+                # As with dockerd: a container that should remove itself
+                # when it ends also goes when it never starts, so that a
+                # `docker run --rm` waiting for the removal returns.
+                self._nursery.start_soon(self._auto_remove)
+            raise
+
+    async def _start_with(self, snapshot: Snapshot) -> bool:
         if self._record.running:
             return False
         if self._record.state.status == records.REMOVING:

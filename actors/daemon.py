@@ -354,7 +354,8 @@ class Daemon:
 
     async def _shut_down(self) -> None:
         grace = self.snapshot().config.shutdown_timeout
-        logger.info("stopping %d containers (grace %ss)", len(self._containers), grace)
+        running = sum(actor.record.running for actor in self._containers.values())
+        logger.info("stopping %d running containers (grace %ss)", running, grace)
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for actor in list(self._containers.values()):

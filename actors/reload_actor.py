@@ -142,6 +142,14 @@ async def _resolve(
 
 def _find_executable(name: str, path: str, lookup: PathLookup) -> str:
     if os.path.isabs(path):
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            # Accepted as dockerd accepts it: the start preflight rejects it.
+            logger.warning(
+                "runtimes.%s.path %s is not an executable file; containers "
+                "that use it will fail to start until it is",
+                name,
+                path,
+            )
         return path
     found = lookup(path)
     if found is not None:

@@ -289,6 +289,11 @@ def validate_config(config: DaemonConfig, *, source: str) -> None:
                 f"{source}: runtimes.{name}.path is empty. Set it to the runtime "
                 "binary (an absolute path or a name on PATH)."
             )
+        if "/" in runtime.path and not runtime.path.startswith("/"):
+            raise InvalidConfig(
+                f"{source}: runtimes.{name}.path {runtime.path!r} is a relative "
+                "path. Give an absolute path, or a bare name to look up on PATH."
+            )
     known = (BUILTIN_RUNTIME, *sorted(config.runtimes))
     if config.default_runtime not in known:
         raise InvalidConfig(

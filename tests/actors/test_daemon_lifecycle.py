@@ -178,6 +178,18 @@ async def test_auto_remove_after_exit(
         daemon.container(container_id)
 
 
+async def test_auto_remove_after_failed_start(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon, setup: Setup
+) -> None:
+    container_id = await _create(daemon, auto_remove=True, runtime="fast")
+    setup.runtime_a.unlink()
+    with pytest.raises(InvalidRequest):
+        await daemon.start_container(container_id)
+    assert await daemon.wait_container(container_id, "removed") == 0
+    with pytest.raises(NotFound):
+        daemon.container(container_id)
+
+
 async def test_remove_running_needs_force(
     autojump_clock: trio.testing.MockClock, daemon: Daemon
 ) -> None:

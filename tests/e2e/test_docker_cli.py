@@ -58,6 +58,13 @@ def test_run_rm_prints_hello(daemon: DaemonProcess) -> None:
     assert "hello" not in names(daemon, "-a")
 
 
+def test_run_rm_failed_start_returns(daemon: DaemonProcess) -> None:
+    result = daemon.docker("run", "--rm", "--name", "broken", "busybox", "nosuchcmd")
+    assert result.code != 0
+    assert "nosuchcmd" in result.stderr
+    assert "broken" not in names(daemon, "-a")
+
+
 def test_run_passes_exit_code_and_stderr(daemon: DaemonProcess) -> None:
     result = daemon.docker(
         "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 5"

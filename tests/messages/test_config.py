@@ -106,6 +106,7 @@ BAD_INPUT = [
     ('{"runtimes": {"a..b": {"path": "/x"}}}', "runtime name 'a..b' is invalid"),
     ('{"runtimes": {"a": {"runtimeArgs": []}}}', "runtimes.a has no path"),
     ('{"runtimes": {"a": {"path": ""}}}', "runtimes.a.path is empty"),
+    ('{"runtimes": {"a": {"path": "bin/runc"}}}', "'bin/runc' is a relative path"),
     (
         '{"runtimes": {"a": {"runtimeType": "io.containerd.runc.v2"}}}',
         "runtimes.a.runtimeType is not supported: Dockyard calls OCI runtimes directly",
