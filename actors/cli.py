@@ -132,6 +132,9 @@ def _config_source(arguments: argparse.Namespace) -> ConfigSource:
 
 
 def _run_daemon(arguments: argparse.Namespace) -> int:
+    # Until trio installs its handler, a SIGHUP would end the process; the
+    # configuration is read after that point, so nothing is missed.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     trio.run(_daemon, _config_source(arguments))
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -334,6 +335,9 @@ class ContainerActor:
         if grace is None:
             stop_timeout = self._record.config.stop_timeout
             grace = DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout
+        if grace < 0:
+            # Docker's meaning of a negative timeout: never send SIGKILL.
+            grace = math.inf
         runtime = self.locked_runtime()
         logger.info("stopping container %s (grace %ss)", self.id[:12], grace)
         await self._quietly(runtime.kill(self.id, self._record.config.stop_signal))

@@ -17,7 +17,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import attrs
@@ -40,7 +40,7 @@ from actors.reload_actor import (
 from actors.wrappers import WrapperStore
 from messages import records
 from messages.config import DaemonConfig, DaemonFlags
-from messages.errors import Conflict, InvalidRequest, NotFound
+from messages.errors import Conflict, DockyardError, InvalidRequest, NotFound
 from messages.events import Event
 from messages.execspec import ExecOptions
 from messages.images import ImageRecord, ImageRemoval
@@ -310,27 +310,43 @@ class Daemon:
         return actor
 
     async def _recover(self, record: ContainerRecord) -> ContainerRecord:
-        """Settle a record that says running: the daemon before this one died."""
-        if record.state.status not in (records.RUNNING, records.REMOVING):
+        """Settle a record the daemon before this one left mid-operation.
+
+        A record that says running, or created with a lock-in (a start was
+        under way), belongs to a daemon that died. Its runtime container is
+        deleted through the recorded binary and its root filesystem
+        unmounted, so it can be started again or removed.
+        """
+        starting = record.state.status == records.CREATED and record.lockin is not None
+        if (
+            record.state.status not in (records.RUNNING, records.REMOVING)
+            and not starting
+        ):
             return record
         # NOTE: restoring containers that kept running through a daemon crash
         # is not built yet; such a container is deleted and marked exited.
         if record.lockin is not None:
             runtime = self._host.runtime(record.lockin.binary)
-            with contextlib.suppress(Exception):
-                await runtime.delete(record.id, force=True)
-        with contextlib.suppress(Exception):
-            await self._host.unmount_rootfs(self._store.directory(record.id))
-        state = attrs.evolve(
-            record.state,
-            status=records.EXITED,
-            pid=0,
-            exit_code=255,
-            error="the daemon stopped while the container was running",
-        )
-        record = attrs.evolve(record, state=state)
+            await _log_failure(runtime.delete(record.id, force=True), record.id)
+        directory = self._store.directory(record.id)
+        await _log_failure(self._host.unmount_rootfs(directory), record.id)
+        if starting:
+            state = attrs.evolve(
+                record.state,
+                error="the daemon stopped while the container was starting",
+            )
+            record = attrs.evolve(record, state=state, lockin=None)
+        else:
+            state = attrs.evolve(
+                record.state,
+                status=records.EXITED,
+                pid=0,
+                exit_code=255,
+                error="the daemon stopped while the container was running",
+            )
+            record = attrs.evolve(record, state=state)
         await self._store.save(record)
-        logger.warning("container %s was running when the daemon died", record.id[:12])
+        logger.warning("container %s: %s", record.id[:12], record.state.error)
         return record
 
     async def _load_containers(self) -> list[ContainerRecord]:
@@ -360,6 +376,14 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 for actor in list(self._containers.values()):
                     nursery.start_soon(_shut_down_quietly, actor, grace)
+
+
+async def _log_failure(step: Awaitable[object], container_id: str) -> None:
+    """Await a clean-up step of start-up recovery, logging a failure."""
+    try:
+        await step
+    except (DockyardError, OSError) as error:
+        logger.warning("recovering container %s: %s", container_id[:12], error)
 
 
 async def _shut_down_quietly(actor: ContainerActor, grace: float) -> None:

@@ -22,7 +22,7 @@ from actors.events import EventBus
 from actors.host import remove_tree
 from actors.output import READ_SIZE
 from actors.rootfs_files import resolve_container_user
-from messages.errors import Conflict, NotFound
+from messages.errors import Conflict, DockyardError, NotFound
 from messages.execspec import (
     DEFAULT_CAPABILITIES,
     ExecContainer,
@@ -124,11 +124,19 @@ class ExecActor:
                 record.id[:12],
                 runtime.binary,
             )
+            failure: DockyardError | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_forward, STDOUT, stdout_read, sink)
                 nursery.start_soon(_forward, STDERR, stderr_read, sink)
                 stdout_read = stderr_read = -1
-                code = await handle.wait()
+                try:
+                    code = await handle.wait()
+                except DockyardError as error:
+                    # Raised after the nursery, so callers see the error
+                    # itself rather than an exception group around it.
+                    failure = error
+            if failure is not None:
+                raise failure
         finally:
             for fd in (stdout_read, stderr_read):
                 if fd >= 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from messages.config import (
     DaemonConfig,
     DaemonFlags,
     RuntimeConfig,
+    config_from_flags,
     parse_daemon_json,
     validate_config,
 )
@@ -45,6 +47,9 @@ from messages.wrapper import wrapper_script
 logger = logging.getLogger(__name__)
 
 PathLookup = Callable[[str], str | None]
+
+# Larger files are rejected unread; thousands of runtimes fit in far less.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
 @attrs.frozen
@@ -63,22 +68,48 @@ class ConfigSource:
     def load(self) -> DaemonConfig:
         """Read and decode the configuration; blocking, so run it in a thread."""
         if self.path is None:
-            return parse_daemon_json("", source="flags", flags=self.flags)
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            if self.required:
-                raise InvalidConfig(
-                    f"{self.path} does not exist. Create it, or pass the right "
-                    "--config-file."
-                ) from None
-            text = ""
-        except OSError as error:
-            raise InvalidConfig(
-                f"cannot read {self.path}: {error.strerror}. Fix its permissions "
-                "or pass another --config-file."
-            ) from None
+            return config_from_flags(self.flags)
+        text = _read_config_file(self.path, self.required)
+        if text is None:
+            return config_from_flags(self.flags)
         return parse_daemon_json(text, source=str(self.path), flags=self.flags)
+
+
+def _read_config_file(path: Path, required: bool) -> str | None:
+    """Return the file's text, or None if it is absent and not required."""
+    try:
+        # Non-blocking, so that a FIFO in its place cannot hang the reload.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not required:
+            return None
+        raise InvalidConfig(
+            f"{path} does not exist. Create it, or pass the right --config-file."
+        ) from None
+    except OSError as error:
+        raise InvalidConfig(f"cannot open {path}: {error.strerror}.") from None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidConfig(
+                f"{path} is not a regular file. Put the JSON configuration there."
+            )
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise InvalidConfig(
+                f"{path} is {info.st_size} bytes; the maximum is "
+                f"{MAX_CONFIG_BYTES}. A daemon.json this large is not a "
+                "configuration."
+            )
+        with os.fdopen(os.dup(descriptor), "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(descriptor)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidConfig(
+            f"{path} is not valid UTF-8 (byte {error.start}). Save it as UTF-8."
+        ) from None
 
 
 class _Batch:

@@ -41,8 +41,13 @@ RELOADABLE_KEYS = ("runtimes", "default-runtime", "debug", "labels", "shutdown-t
 RESTART_KEYS = ("data-root", "exec-root", "hosts")
 
 # Runtime names become file names under <data-root>/runtimes/.
-_RUNTIME_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")
-_LABEL = re.compile(r"^[^=\s]+=.*$", re.DOTALL)
+_RUNTIME_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
+# A wrapper's file name is the runtime name, a dot and 64 hex digits, and
+# must fit Linux's 255-byte limit on a file name, with room to spare.
+MAX_RUNTIME_NAME = 128
+_LABEL = re.compile(r"[^=\s]+=.*", re.DOTALL)
+# A bound that keeps every timeout finite: one day.
+MAX_SHUTDOWN_TIMEOUT = 86400
 _UNSUPPORTED_RUNTIME_KEYS = ("runtimeType", "options")
 
 
@@ -103,6 +108,9 @@ def _strict(kind: type, name: str) -> Any:
             # JSON escapes can spell lone surrogates, which no file name,
             # argument or script can carry.
             raise ValueError("expected valid Unicode text, got a lone surrogate escape")
+        if isinstance(value, str) and "\x00" in value:
+            # Neither a path nor a program argument can carry a NUL byte.
+            raise ValueError("expected text without NUL characters")
         return value
 
     return structure
@@ -185,13 +193,14 @@ def parse_daemon_json(
     `source` names the file in errors. A key given both in the file and as
     a flag is an error, as in dockerd.
     """
-    try:
-        raw = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as error:
+    if not text.strip():
+        # A file truncated by an editor mid-write looks like this, so it is
+        # rejected rather than read as "no runtimes", as dockerd rejects it.
         raise InvalidConfig(
-            f"{source}: invalid JSON at line {error.lineno} column {error.colno}: "
-            f"{error.msg}. Fix the file; nothing was applied."
-        ) from None
+            f"{source}: the file is empty. Write {{}} for the defaults; nothing "
+            "was applied."
+        )
+    raw = _decode_json(text, source)
     if not isinstance(raw, dict):
         raise InvalidConfig(
             f"{source}: the top level must be a JSON object, got {_json_type(raw)}."
@@ -208,6 +217,31 @@ def parse_daemon_json(
     config = attrs.evolve(config, **overrides)
     validate_config(config, source=source)
     return config
+
+
+def _decode_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidConfig(
+            f"{source}: invalid JSON at line {error.lineno} column {error.colno}: "
+            f"{error.msg}. Fix the file; nothing was applied."
+        ) from None
+    except RecursionError:
+        raise InvalidConfig(
+            f"{source}: the JSON is nested too deeply to decode. Fix the file; "
+            "nothing was applied."
+        ) from None
+    except ValueError as error:
+        # Python's limit on the digits of an integer, for one.
+        raise InvalidConfig(
+            f"{source}: invalid JSON: {error}. Fix the file; nothing was applied."
+        ) from None
+
+
+def config_from_flags(flags: DaemonFlags) -> DaemonConfig:
+    """Return the embedded defaults with the flags applied, for no daemon.json."""
+    return parse_daemon_json("{}", source="flags", flags=flags)
 
 
 def _flag_overrides(
@@ -300,13 +334,13 @@ def validate_config(config: DaemonConfig, *, source: str) -> None:
             f"{source}: default-runtime {config.default_runtime!r} names no "
             f"configured runtime. Use one of: {', '.join(known)}."
         )
-    if config.shutdown_timeout < 0:
+    if not 0 <= config.shutdown_timeout <= MAX_SHUTDOWN_TIMEOUT:
         raise InvalidConfig(
             f"{source}: shutdown-timeout is {config.shutdown_timeout}; it must be "
-            "zero or more seconds."
+            f"between 0 and {MAX_SHUTDOWN_TIMEOUT} seconds."
         )
     for index, label in enumerate(config.labels):
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise InvalidConfig(
                 f"{source}: labels[{index}] {label!r} is not of the form key=value."
             )
@@ -325,7 +359,12 @@ def check_runtime_name(name: str, *, source: str) -> None:
             f"{source}: runtimes.{name}: the name {name!r} is reserved for the "
             "built-in runtime. Pick another name."
         )
-    if not name or not _RUNTIME_NAME.match(name) or ".." in name:
+    if len(name) > MAX_RUNTIME_NAME:
+        raise InvalidConfig(
+            f"{source}: runtime name {name[:32]!r}... is {len(name)} characters "
+            f"long; the maximum is {MAX_RUNTIME_NAME}. Pick a shorter name."
+        )
+    if not name or not _RUNTIME_NAME.fullmatch(name) or ".." in name:
         raise InvalidConfig(
             f"{source}: runtime name {name!r} is invalid: it must not be empty, "
             "start with a dot, or contain '/' or '..'. Use letters, digits and "

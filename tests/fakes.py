@@ -84,6 +84,8 @@ class FakeMachine:
         # every runtime call, before any hold. The race explorer sleeps here
         # for a random virtual time, so that calls interleave with reloads.
         self.delay: Callable[[str, str], Awaitable[None]] | None = None
+        # Raised by every exec's wait, as runc's failure to start a process.
+        self.exec_failure: Exception | None = None
         # Container id to the pid of its fake init process.
         self.containers: dict[str, int] = {}
         self._next_pid = FIRST_FAKE_PID
@@ -126,11 +128,14 @@ def _digest(path: str) -> str:
 
 
 class FakeExec:
-    def __init__(self, process: FakeProcess) -> None:
+    def __init__(self, process: FakeProcess, failure: Exception | None) -> None:
         self._process = process
+        self._failure = failure
 
     async def wait(self) -> int:
         await self._process.exited.wait()
+        if self._failure is not None:
+            raise self._failure
         return self._process.exit_code
 
 
@@ -194,7 +199,7 @@ class FakeRuntime:
         process = self.machine.spawn((stdout, stderr))
         os.write(process.fds[0], b"exec output\n")
         process.exit(self.exec_exit_code)
-        return FakeExec(process)
+        return FakeExec(process, self.machine.exec_failure)
 
     def _process(self, container_id: str) -> FakeProcess | None:
         pid = self.machine.containers.get(container_id)

@@ -20,10 +20,11 @@ from conftest import chunks_of, tiny_image_tar
 from fakes import FakeHost, FakeMachine
 from race_scenarios import Setup
 
+from actors.container_store import ContainerStore
 from actors.daemon import Daemon, open_daemon
 from actors.wrappers import WrapperStore
 from messages import records
-from messages.errors import Conflict, InvalidRequest, NotFound
+from messages.errors import Conflict, InvalidRequest, NotFound, RuntimeFailed
 from messages.execspec import ExecOptions
 from messages.requests import CreateContainer
 from messages.wrapper import WRAPPER_DIRECTORY
@@ -314,3 +315,63 @@ async def test_events_for_lifecycle(
             except trio.WouldBlock:
                 break
     assert actions == ["create", "start", "die", "stop", "destroy"]
+
+
+async def test_negative_grace_never_kills(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon, machine: FakeMachine
+) -> None:
+    container_id = await _create(daemon)
+    await daemon.start_container(container_id)
+    process = machine.processes[machine.containers[container_id]]
+    process.ignored_signals.add(signal.SIGTERM)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.stop_container, container_id, -1)
+        # Far past any grace period Docker would apply, in virtual time.
+        await trio.sleep(86_000)
+        assert process.received_signals == [signal.SIGTERM]
+        process.exit(0)
+    assert daemon.container(container_id).state.exit_code == 0
+
+
+async def test_exec_failure_is_not_grouped(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon, machine: FakeMachine
+) -> None:
+    container_id = await _create(daemon)
+    await daemon.start_container(container_id)
+    machine.exec_failure = RuntimeFailed("exec failed: no such file")
+    instance = daemon.create_exec(container_id, ExecOptions(cmd=("/nope",)))
+
+    async def ignore(frame: bytes) -> None:
+        pass
+
+    with pytest.raises(RuntimeFailed, match="no such file"):
+        await daemon.start_exec(instance.id, ignore)
+    assert daemon.exec_instance(instance.id).exit_code == 126
+
+
+async def test_interrupted_start_is_cleaned_at_restart(
+    autojump_clock: trio.testing.MockClock, setup: Setup, machine: FakeMachine
+) -> None:
+    async with _open(setup, machine) as daemon:
+        await daemon.import_image(chunks_of(tiny_image_tar()), reference="tiny")
+        container_id = await _create(daemon, name="half")
+        record = daemon.container(container_id)
+    # What a daemon killed between saving the lock-in and runtime start
+    # leaves on disk.
+    lockin = records.RuntimeLockIn(
+        name="runc",
+        binary=str(setup.runtime_a),
+        path=str(setup.runtime_a),
+        generation=1,
+        apparmor_profile="",
+    )
+    store = ContainerStore(Path(setup.flags.data_root or "") / "containers")
+    await store.save(attrs.evolve(record, lockin=lockin))
+    async with _open(setup, machine) as daemon:
+        recovered = daemon.container("half")
+        assert recovered.lockin is None
+        assert recovered.state.status == records.CREATED
+        assert "while the container was starting" in recovered.state.error
+        operations = [call.operation for call in machine.calls_for(container_id)]
+        assert operations == ["delete"]
+        assert await daemon.start_container("half")

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
@@ -16,9 +16,15 @@ import trio.testing
 
 from actors.config_actor import ConfigActor
 from actors.events import EventBus
-from actors.reload_actor import ConfigSource, ReloadActor, build_initial_snapshot
+from actors.reload_actor import (
+    MAX_CONFIG_BYTES,
+    ConfigSource,
+    ReloadActor,
+    build_initial_snapshot,
+)
 from actors.wrappers import WrapperStore
 from messages.config import DaemonFlags
+from messages.errors import InvalidConfig
 from messages.events import Event
 
 
@@ -276,3 +282,33 @@ async def test_reload_with_given_config(
     assert outcome.ok
     assert outcome.changed == ("debug",)
     assert config.current().config.debug is True
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda path: os.mkfifo(path), "is not a regular file"),
+        (lambda path: path.mkdir(), "is not a regular file"),
+        (lambda path: path.write_bytes(b'\xff{"debug": true}'), "is not valid UTF-8"),
+        (lambda path: path.write_bytes(b""), "the file is empty"),
+        (
+            lambda path: path.write_bytes(b" " * (MAX_CONFIG_BYTES + 1)),
+            f"the maximum is {MAX_CONFIG_BYTES}",
+        ),
+    ],
+)
+def test_unusable_file_is_rejected(
+    tmp_path: Path, make: Callable[[Path], object], expected: str
+) -> None:
+    path = tmp_path / "daemon.json"
+    make(path)
+    with pytest.raises(InvalidConfig, match=expected):
+        ConfigSource(path=path).load()
+
+
+def test_missing_file_means_defaults_unless_required(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.json"
+    flags = DaemonFlags(debug=True)
+    assert ConfigSource(path=path, flags=flags, required=False).load().debug is True
+    with pytest.raises(InvalidConfig, match="does not exist"):
+        ConfigSource(path=path, flags=flags).load()

@@ -48,8 +48,7 @@ def test_full_file_decodes() -> None:
     assert config.shutdown_timeout == 30
 
 
-def test_empty_file_gives_defaults() -> None:
-    assert parse_daemon_json("", source="daemon.json") == DaemonConfig()
+def test_empty_object_gives_defaults() -> None:
     assert parse_daemon_json("{}", source="daemon.json") == DaemonConfig()
     assert DaemonConfig().hosts == (DEFAULT_HOST,)
 
@@ -72,6 +71,15 @@ def test_config_is_deeply_immutable() -> None:
 
 
 BAD_INPUT = [
+    ("", "the file is empty. Write {} for the defaults"),
+    ("  \n", "the file is empty"),
+    ("[" * 100000, "nested too deeply"),
+    ('{"shutdown-timeout": 1' + "0" * 5000 + "}", "invalid JSON"),
+    ('{"shutdown-timeout": 86401}', "between 0 and 86400 seconds"),
+    ('{"runtimes": {"x\\n": {"path": "/x"}}}', "runtime name 'x\\n' is invalid"),
+    ('{"runtimes": {"' + "a" * 129 + '": {"path": "/x"}}}', "the maximum is 128"),
+    ('{"runtimes": {"a": {"path": "/x\\u0000"}}}', "without NUL characters"),
+    ('{"labels": ["a=b\\n", "c\\n=d"]}', "labels[1]"),
     ('{"debug": tru}', "invalid JSON at line 1 column 11"),
     ('{\n  "debug": true,\n}', "line 3 column 1"),
     ("[]", "must be a JSON object"),
