@@ -9,8 +9,16 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomically(path: Path, content: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `content`; blocking, so call it from a worker thread."""
+def write_atomically(
+    path: Path, content: bytes, mode: int = 0o600, *, durable: bool = True
+) -> None:
+    """Replace `path` with `content`; blocking, so call it from a worker thread.
+
+    The content is always flushed before the rename, so after a crash the
+    file holds the old content or the new, never a part. With `durable`,
+    the rename is on disk too when this returns; without it, a crash may
+    still leave the old content.
+    """
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(descriptor, "wb") as file:
@@ -22,7 +30,8 @@ def write_atomically(path: Path, content: bytes, mode: int = 0o600) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _sync_directory(path.parent)
+    if durable:
+        _sync_directory(path.parent)
 
 
 def _sync_directory(directory: Path) -> None:

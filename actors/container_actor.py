@@ -90,6 +90,12 @@ class ContainerActor:
         self._on_removed = on_removed
         self._actor = SerialActor(f"container {record.id[:12]}")
         self._run: _Run | None = None
+        # Whether the runtime may still hold a container for this one: after
+        # a start, until a delete through the lock-in has succeeded.
+        self._runtime_container = record.lockin is not None
+        # Whether this actor mounted the root filesystem and has not yet
+        # unmounted it; the daemon's start-up recovery unmounts older ones.
+        self._mounted = False
         self._exit_changed = trio.Event()
         self.removed = trio.Event()
         self.output = OutputHub(store.log_path(record.id))
@@ -210,16 +216,19 @@ class ContainerActor:
     async def _create_and_start(self, lockin: RuntimeLockIn) -> None:
         container_dir = self._store.directory(self.id)
         rootfs = await self._host.mount_rootfs(self._image_rootfs, container_dir)
+        self._mounted = True
         spec = await self._spec(rootfs, lockin)
         await trio.to_thread.run_sync(self._write_bundle, spec)
         # The lock-in is on disk before the runtime is first called, so a
         # daemon that dies from here on still knows which binary owns it.
-        await self._save(attrs.evolve(self._record, lockin=lockin))
+        await self._save(attrs.evolve(self._record, lockin=lockin), durable=True)
         runtime = self._host.runtime(lockin.binary)
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
         try:
-            pid = await runtime.create(
+            # One runtime call creates and starts it; the lock-in above is
+            # already durable, so nothing needs the gap between the two.
+            pid = await runtime.run_detached(
                 self.id,
                 str(self._bundle_dir),
                 str(self._bundle_dir / "init.pid"),
@@ -241,11 +250,11 @@ class ContainerActor:
         # Watched from here on, so that an init killed by a failed start is
         # reaped too; its reap is queued behind this operation.
         self._nursery.start_soon(self._watch_exit, run)
-        await runtime.start(self.id)
+        self._runtime_container = True
         state = ContainerState(
             status=records.RUNNING, pid=pid, started_at=self._clock()
         )
-        await self._save(attrs.evolve(self._record, state=state))
+        await self._save(attrs.evolve(self._record, state=state), durable=False)
 
     async def _spec(self, rootfs: Path, lockin: RuntimeLockIn) -> bytes:
         config = self._record.config
@@ -275,14 +284,17 @@ class ContainerActor:
         logger.error("start of container %s failed: %s", self.id[:12], error)
         self._run = None
         # runc may have made the container even when create reported failure.
-        await self._quietly(self._host.runtime(lockin.binary).delete(self.id, True))
+        self._runtime_container = True
+        await self._delete_runtime_container()
         self.output.end_attachments()
-        await self._quietly(self._host.unmount_rootfs(self._store.directory(self.id)))
+        await self._unmount()
         await trio.to_thread.run_sync(remove_tree, self._bundle_dir)
         message = str(error) if isinstance(error, DockyardError) else repr(error)
         state = attrs.evolve(self._record.state, status=records.CREATED, error=message)
         await self._quietly(
-            self._save(attrs.evolve(self._record, state=state, lockin=None))
+            self._save(
+                attrs.evolve(self._record, state=state, lockin=None), durable=False
+            )
         )
 
     async def _watch_exit(self, run: _Run) -> None:
@@ -303,10 +315,8 @@ class ContainerActor:
             return
         self._run = None
         code = run.exit_code if run.exit_code is not None else -1
-        lockin = self._record.lockin
-        if lockin is not None:
-            await self._quietly(self._host.runtime(lockin.binary).delete(self.id, True))
-        await self._quietly(self._host.unmount_rootfs(self._store.directory(self.id)))
+        await self._delete_runtime_container()
+        await self._unmount()
         state = attrs.evolve(
             self._record.state,
             status=records.EXITED,
@@ -314,7 +324,7 @@ class ContainerActor:
             exit_code=code,
             finished_at=self._clock(),
         )
-        await self._save(attrs.evolve(self._record, state=state))
+        await self._save(attrs.evolve(self._record, state=state), durable=False)
         logger.info("container %s exited with code %d", self.id[:12], code)
         self._emit("die", exitCode=str(code))
         changed, self._exit_changed = self._exit_changed, trio.Event()
@@ -380,10 +390,8 @@ class ContainerActor:
             await self._reap(run)
         state = attrs.evolve(self._record.state, status=records.REMOVING)
         self._record = attrs.evolve(self._record, state=state)
-        lockin = self._record.lockin
-        if lockin is not None:
-            await self._quietly(self._host.runtime(lockin.binary).delete(self.id, True))
-        await self._quietly(self._host.unmount_rootfs(self._store.directory(self.id)))
+        await self._delete_runtime_container()
+        await self._unmount()
         await trio.to_thread.run_sync(remove_tree, self._bundle_dir)
         await self._store.remove(self.id)
         logger.info("removed container %s (%s)", self.id[:12], self._record.name)
@@ -394,8 +402,35 @@ class ContainerActor:
         self._exit_changed.set()
         self.close()
 
-    async def _save(self, record: ContainerRecord) -> None:
-        await self._store.save(record)
+    async def _unmount(self) -> None:
+        if not self._mounted:
+            return
+        try:
+            await self._host.unmount_rootfs(self._store.directory(self.id))
+        except (DockyardError, OSError) as error:
+            logger.warning("unmount for container %s: %s", self.id[:12], error)
+            return
+        self._mounted = False
+
+    async def _delete_runtime_container(self) -> None:
+        """Delete the runtime's container through the lock-in, once per run."""
+        lockin = self._record.lockin
+        if lockin is None or not self._runtime_container:
+            return
+        try:
+            await self._host.runtime(lockin.binary).delete(self.id, True)
+        except (DockyardError, OSError) as error:
+            logger.warning("clean-up for container %s: %s", self.id[:12], error)
+            return
+        self._runtime_container = False
+
+    async def _save(self, record: ContainerRecord, *, durable: bool) -> None:
+        """Persist the record; only the lock-in write must survive a crash.
+
+        A lost state change is settled by the recovery at the next daemon
+        start, which deletes the runtime container through the lock-in.
+        """
+        await self._store.save(record, durable=durable)
         self._record = record
 
     async def _quietly(self, step: Awaitable[object]) -> None:

@@ -34,12 +34,15 @@ class ContainerStore:
     def log_path(self, container_id: str) -> Path:
         return self.directory(container_id) / LOG_FILE
 
-    async def save(self, record: ContainerRecord) -> None:
+    async def save(self, record: ContainerRecord, *, durable: bool = True) -> None:
+        """Replace the record atomically; `durable` also waits for the disk."""
         directory = self.directory(record.id)
 
         def save() -> None:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_atomically(directory / RECORD_FILE, record_to_json(record))
+            write_atomically(
+                directory / RECORD_FILE, record_to_json(record), durable=durable
+            )
 
         await trio.to_thread.run_sync(save)
 

@@ -48,6 +48,17 @@ class RuntimeClient(Protocol):
         stdin: int | None = None,
     ) -> int: ...
 
+    async def run_detached(
+        self,
+        container_id: str,
+        bundle: str,
+        pid_file: str,
+        *,
+        stdout: int,
+        stderr: int,
+        stdin: int | None = None,
+    ) -> int: ...
+
     async def start(self, container_id: str) -> None: ...
 
     async def state(self, container_id: str) -> dict[str, Any]: ...

@@ -161,6 +161,23 @@ class FakeRuntime:
         self.machine.containers[container_id] = process.pid
         return process.pid
 
+    async def run_detached(
+        self,
+        container_id: str,
+        bundle: str,
+        pid_file: str,
+        *,
+        stdout: int,
+        stderr: int,
+        stdin: int | None = None,
+    ) -> int:
+        """`runc run --detach`: recorded as the create and start it performs."""
+        pid = await self.create(
+            container_id, bundle, pid_file, stdout=stdout, stderr=stderr
+        )
+        await self.start(container_id)
+        return pid
+
     async def start(self, container_id: str) -> None:
         await self.machine.enter("start", container_id, self.binary)
 
