@@ -9,9 +9,11 @@ The store owns ``<data-root>/images/``:
 
 Invariants:
 
-- Nothing is unpacked before every member of the tarball passed
-  `messages.images.check_members`. A rejected or failed import removes its
-  staging directory, so it leaves nothing behind.
+- Nothing is unpacked before the whole archive has been read and checked:
+  every member header passed `messages.images.check_members`, the owner
+  check and the limits against decompression bombs, and only zero bytes
+  follow the last member. A rejected or failed import removes its staging
+  directory, so it leaves nothing behind.
 - Unpacking never follows a symlink. Each parent directory is opened with
   O_NOFOLLOW relative to the descriptor of its own parent, so a link cannot
   redirect a write even if the checks had missed it.
@@ -35,12 +37,14 @@ import builtins
 import errno
 import hashlib
 import logging
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeAlias
@@ -52,12 +56,16 @@ from actors.atomic import write_atomically
 from messages.errors import Conflict, DockyardError, InvalidRequest, NotFound
 from messages.images import (
     HEX_DIGEST_PATTERN,
+    MAX_IMAGE_BYTES,
     ROOT,
     CheckedMember,
     ImageRecord,
     ImageRemoval,
     MemberKind,
     apply_changes,
+    check_archive_totals,
+    check_extended_header,
+    check_member_owner,
     check_members,
     decode_image_record,
     encode_image_record,
@@ -89,6 +97,10 @@ COPY_CHUNK_BYTES = 1 << 20
 UNPACK_DIRECTORY_MODE = 0o755
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# What Python's decompressors raise for corrupt or truncated input. gzip and
+# bz2 also raise OSError without an errno, and the missing errno
+# distinguishes them from I/O errors.
+_CORRUPT_STREAM_ERRORS = (EOFError, zlib.error, lzma.LZMAError)
 # Stands in for the id while `--change` lines are checked, before the tarball
 # has been received and hashed.
 _PLACEHOLDER_ID = "sha256:" + "0" * 64
@@ -430,12 +442,16 @@ async def _receive_to_file(source: ImageSource, path: Path) -> str:
 def _unpack_staging(staging: Path) -> int:
     """Unpack ``staging/layer.tar`` into ``staging/rootfs``, then delete the archive.
 
-    Returns the bytes of regular file content written.
+    Returns the bytes of regular file content written. Raises InvalidRequest,
+    before anything is written, for an archive that is not a valid tar
+    archive, whose compressed data is corrupt or truncated, that breaks a
+    member rule or a limit, or that has data after its last member.
     """
     archive = staging / ARCHIVE_NAME
     try:
-        with tarfile.open(archive, mode="r:*") as tar:
-            infos = tar.getmembers()
+        with tarfile.open(archive, mode="r:*", tarinfo=_LimitedTarInfo) as tar:
+            infos = _read_headers(tar)
+            _check_end_of_archive(tar, infos)
             checked = check_members(
                 (info.name, member_kind(info.type), info.linkname) for info in infos
             )
@@ -444,11 +460,124 @@ def _unpack_staging(staging: Path) -> int:
             size = _write_members(tar, list(zip(infos, checked, strict=True)), rootfs)
     except tarfile.TarError as exc:
         raise InvalidRequest(
-            f"the image tarball is not a valid tar archive ({exc}). "
+            f"invalid image archive: it is not a valid tar archive ({exc}). "
             "Send an uncompressed, gzip, bzip2 or xz tar archive."
         ) from exc
+    except _CORRUPT_STREAM_ERRORS as exc:
+        raise _corrupt_stream_error(exc) from exc
+    except OSError as exc:
+        if exc.errno is not None:
+            raise
+        raise _corrupt_stream_error(exc) from exc
     archive.unlink()
     return size
+
+
+_EXTENDED_HEADER_TYPES = frozenset(
+    {
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+    }
+)
+
+
+class _LimitedTarInfo(tarfile.TarInfo):
+    """A TarInfo that rejects an oversized extended header before tarfile reads it.
+
+    tarfile reads a PAX header or a GNU long name into memory whole, so without
+    this check a small compressed archive could make it allocate gigabytes.
+    ``_proc_member`` is the hook that tarfile's source (CPython 3.11) names for
+    subclasses.
+    """
+
+    # NOTE: sparse maps are not bounded. tarfile reads the map of an old GNU
+    # sparse member or of a PAX 1.0 sparse member into memory whole.
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_HEADER_TYPES:
+            check_extended_header(self.offset, self.size)
+        result: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
+        return result
+
+
+def _corrupt_stream_error(exc: Exception) -> InvalidRequest:
+    return InvalidRequest(
+        f"invalid image archive: the compressed data is corrupt or truncated "
+        f"({type(exc).__name__}: {exc}). Test the file with `gzip -t`, "
+        "`bzip2 -t` or `xz -t`, and send a complete copy."
+    )
+
+
+def _read_headers(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Read every member header, checking owners and limits after each one.
+
+    Raising at the first header past a limit stops tarfile before it
+    decompresses that member's data.
+    """
+    infos: list[tarfile.TarInfo] = []
+    size = 0
+    for info in tar:
+        infos.append(info)
+        # Every size counts, not only those of regular files, because tarfile
+        # also skips over the data of a member of an unknown type, and for
+        # compressed input that means decompressing it. check_members rejects
+        # such members only later.
+        size += info.size
+        check_archive_totals(len(infos), size)
+        check_member_owner(info.name, info.uid, info.gid)
+    return infos
+
+
+def _check_end_of_archive(
+    tar: tarfile.TarFile, infos: Sequence[tarfile.TarInfo]
+) -> None:
+    """Raise InvalidRequest unless only zero bytes follow the last member.
+
+    tarfile (CPython 3.11) raises for an invalid header only at offset 0.
+    Anywhere else it ends the member list there without an error, so a
+    damaged header would import as a truncated image. The end-of-archive
+    blocks and the record padding are zero bytes, and anything else after the
+    last member is a damaged header or data appended after the end, such as a
+    second archive joined with `cat`.
+
+    For gzip, bzip2 and xz input, tarfile reads through a decompressor, so the
+    offsets count bytes of the uncompressed tar data. Reading it to the end
+    also makes the decompressor check the whole stream: a CRC mismatch or a
+    truncated stream raises, and the caller rejects the import.
+    """
+    stream = tar.fileobj
+    assert stream is not None
+    # tarfile has already read the block at tar.offset while looking for a
+    # header. A decompressor seeks back to it within its read buffer, or else
+    # decompresses again from the start.
+    stream.seek(tar.offset)
+    offset = tar.offset
+    while chunk := stream.read(COPY_CHUNK_BYTES):
+        rest = chunk.lstrip(b"\0")
+        if rest:
+            bad_offset = offset + len(chunk) - len(rest)
+            where = f"after member {infos[-1].name!r}" if infos else "before any member"
+            raise InvalidRequest(
+                f"invalid image archive: the tar data is corrupt at byte offset "
+                f"{bad_offset} of the uncompressed archive, {where}. Only zero "
+                "bytes may follow the last member, so this is a damaged header "
+                "or data appended after the end of the archive. List the "
+                "archive with `tar -tvf` to find the damage, and create it again."
+            )
+        offset += len(chunk)
+        # A stream of compressed zeros would otherwise keep a worker thread
+        # decompressing without end.
+        if offset - tar.offset > MAX_IMAGE_BYTES:
+            raise InvalidRequest(
+                f"invalid image archive: more than {MAX_IMAGE_BYTES:,} bytes of "
+                "padding follow the last member, the same maximum as for the "
+                "unpacked size of one image. Create the archive again without "
+                "the extra padding."
+            )
+    # NOTE: Python's bz2 and xz readers, unlike gzip, skip bytes after the end
+    # of the compressed stream, so such bytes are neither unpacked nor rejected.
 
 
 def _write_members(
@@ -469,9 +598,12 @@ def _write_members(
                     continue
                 if member.kind is MemberKind.DIRECTORY:
                     directories[member.path] = info
-                size += _write_member(tar, info, member, root_fd, change_owner)
-            except (OSError, OverflowError) as exc:
-                # OverflowError: a uid, gid or mtime too large for the system call.
+                size += _write_member(
+                    tar, info, member, root_fd, change_owner, MAX_IMAGE_BYTES - size
+                )
+            except (OverflowError, ValueError) as exc:
+                raise _header_value_error(info, exc) from exc
+            except OSError as exc:
                 raise DockyardError(
                     f"failed to unpack tar member {info.name!r}: {exc}. "
                     f"Check the free space and permissions under {rootfs.parent}."
@@ -479,7 +611,11 @@ def _write_members(
 
         # Deepest first, so that a read-only directory cannot block its children.
         for path in sorted(directories, key=lambda p: len(p.parts), reverse=True):
-            _set_directory_metadata(root_fd, path, directories[path], change_owner)
+            info = directories[path]
+            try:
+                _set_directory_metadata(root_fd, path, info, change_owner)
+            except (OverflowError, ValueError) as exc:
+                raise _header_value_error(info, exc) from exc
     finally:
         os.close(root_fd)
     # Flush the unpacked files before the image is published, so that a crash
@@ -488,14 +624,30 @@ def _write_members(
     return size
 
 
+def _header_value_error(info: tarfile.TarInfo, exc: Exception) -> InvalidRequest:
+    # The system calls raise OverflowError or ValueError only for header values
+    # they cannot represent. The owner check has passed, so the value at fault
+    # is the mtime, for example 1e300 or NaN from a PAX header.
+    return InvalidRequest(
+        f"invalid tar member {info.name!r}: its modification time {info.mtime!r} "
+        f"or another header value is out of range for this system ({exc}). "
+        "Create the tarball again with ordinary timestamps."
+    )
+
+
 def _write_member(
     tar: tarfile.TarFile,
     info: tarfile.TarInfo,
     member: CheckedMember,
     root_fd: int,
     change_owner: bool,
+    max_bytes: int,
 ) -> int:
-    """Create one member under its parent directory and return its content size."""
+    """Create one member under its parent directory and return its content size.
+
+    Raises InvalidRequest if a regular file has more than ``max_bytes`` of
+    content.
+    """
     name = member.path.name
     parent_fd = _open_parent(root_fd, member.path, info.name, create=True)
     try:
@@ -504,8 +656,7 @@ def _write_member(
             return 0
         _remove_non_directory(parent_fd, name, info.name)
         if member.kind is MemberKind.FILE:
-            _write_file(tar, info, parent_fd, name, change_owner)
-            return info.size
+            return _write_file(tar, info, parent_fd, name, change_owner, max_bytes)
         if member.kind is MemberKind.SYMLINK:
             os.symlink(info.linkname, name, dir_fd=parent_fd)
             if change_owner:
@@ -543,15 +694,29 @@ def _write_file(
     parent_fd: int,
     name: str,
     change_owner: bool,
-) -> None:
+    max_bytes: int,
+) -> int:
+    """Write one regular file and return the bytes of content written."""
     source = tar.extractfile(info)
     if source is None:
         raise InvalidRequest(f"tar member {info.name!r} has no readable content.")
     fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
+    written = 0
     with os.fdopen(fd, "wb") as target, source:
-        shutil.copyfileobj(source, target, COPY_CHUNK_BYTES)
+        # The headers passed check_archive_totals, so this check fires only if
+        # tarfile yields more content than the headers declare.
+        while chunk := source.read(COPY_CHUNK_BYTES):
+            written += len(chunk)
+            if written > max_bytes:
+                raise InvalidRequest(
+                    f"invalid image archive: member {info.name!r} takes the "
+                    f"unpacked content past {MAX_IMAGE_BYTES:,} bytes, the maximum "
+                    "unpacked size of one image. Import a smaller root filesystem."
+                )
+            target.write(chunk)
         target.flush()
         _set_metadata(target.fileno(), info, change_owner)
+    return written
 
 
 def _set_metadata(fd: int, info: tarfile.TarInfo, change_owner: bool) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
 import json
 import logging
+import lzma
 import os
+import random
 import stat
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import actors.images
+import messages.images
 from actors.busybox import BUSYBOX_PATH, build_busybox_tar, import_busybox
 from actors.images import ImageStore
 from messages.errors import Conflict, InvalidRequest, NotFound
@@ -501,6 +505,373 @@ async def test_failing_stream_leaves_nothing(store: ImageStore) -> None:
         await store.import_tar(broken(), reference="a")
     assert list(store.root.iterdir()) == []
     assert store.list() == ()
+
+
+# --- Corrupt archives and limits ------------------------------------------------
+
+
+def forbid_writing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the test fail if the importer starts writing members."""
+
+    def write_members(*_args: object) -> int:
+        raise AssertionError("members were written before the archive was checked")
+
+    monkeypatch.setattr(actors.images, "_write_members", write_members)
+
+
+def ustar_three_members() -> bytearray:
+    """Return a USTAR archive of the 5-byte files one, two and three."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("one", "two", "three"):
+            info = tarfile.TarInfo(name)
+            info.size = 5
+            tar.addfile(info, io.BytesIO(b"12345"))
+    return bytearray(buffer.getvalue())
+
+
+def broken_second_header() -> bytes:
+    data = ustar_three_members()
+    # The header of "two" starts at byte 1024 and its checksum field at 148.
+    data[1024 + 148 : 1024 + 156] = b"garbage!"
+    return bytes(data)
+
+
+def fifty_files() -> bytes:
+    rng = random.Random(50)
+    return make_tar(
+        [file_member(f"f{index:02}", rng.randbytes(2000)) for index in range(50)]
+    )
+
+
+COMPRESSORS = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
+
+
+@pytest.mark.parametrize("compress", [None, "gzip", "bzip2", "xz"])
+async def test_broken_middle_header_rejected(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch, compress: str | None
+) -> None:
+    data = broken_second_header()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        # The stdlib behaviour this check exists for.
+        assert tar.getnames() == ["one"]
+    if compress is not None:
+        data = COMPRESSORS[compress](data)
+    forbid_writing(monkeypatch)
+
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    message = str(raised.value)
+    assert "corrupt at byte offset 1024" in message
+    assert "after member 'one'" in message
+    assert list(store.root.iterdir()) == []
+    assert store.list() == ()
+
+
+async def test_appended_archive_rejected(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_tar([file_member("a")])
+    data = first + make_tar([file_member("b")])
+    forbid_writing(monkeypatch)
+    with pytest.raises(InvalidRequest, match=f"corrupt at byte offset {len(first)}"):
+        await store.import_tar(chunks(data))
+    assert list(store.root.iterdir()) == []
+
+
+async def test_junk_after_padding_rejected(store: ImageStore) -> None:
+    data = make_tar(SAMPLE) + b"\0" * 3000 + b"x"
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    assert f"byte offset {len(data) - 1}" in str(raised.value)
+    assert "after member 'tmp'" in str(raised.value)
+    assert list(store.root.iterdir()) == []
+
+
+async def test_junk_after_empty_archive_rejected(store: ImageStore) -> None:
+    data = b"\0" * 1024 + b"x"
+    with pytest.raises(InvalidRequest, match=r"offset 1024 .*, before any member"):
+        await store.import_tar(chunks(data))
+    assert list(store.root.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(b"\0" * 1024, id="end blocks only"),
+        pytest.param(b"\0" * 100, id="partial block"),
+        pytest.param(b"", id="no end blocks"),
+        pytest.param(b"\0" * 100_000, id="long padding"),
+    ],
+)
+async def test_zero_end_padding_accepted(store: ImageStore, tail: bytes) -> None:
+    # Three headers and three data blocks, then the tail.
+    data = bytes(ustar_three_members()[: 6 * 512]) + tail
+    record = await store.import_tar(chunks(data))
+    rootfs = store.rootfs(record.id)
+    assert sorted(p.name for p in rootfs.iterdir()) == ["one", "three", "two"]
+
+
+async def test_end_padding_over_limit_rejected(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(actors.images, "MAX_IMAGE_BYTES", 64 * 1024)
+    data = gzip.compress(make_tar([file_member("a")]) + b"\0" * (1 << 20))
+    with pytest.raises(InvalidRequest, match="more than 65,536 bytes of padding"):
+        await store.import_tar(chunks(data))
+    assert list(store.root.iterdir()) == []
+
+
+def flip_crc(data: bytes) -> bytes:
+    # A gzip stream ends with the CRC-32 and the length, 4 bytes each.
+    broken = bytearray(data)
+    broken[-8] ^= 0xFF
+    return bytes(broken)
+
+
+def cut_in_half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def flip_middle_byte(data: bytes) -> bytes:
+    broken = bytearray(data)
+    broken[len(broken) // 2] ^= 0xFF
+    return bytes(broken)
+
+
+CORRUPT_STREAMS = [
+    ("gzip bad crc", lambda tar: flip_crc(gzip.compress(tar, mtime=0))),
+    ("gzip flipped byte", lambda tar: flip_middle_byte(gzip.compress(tar, mtime=0))),
+    ("gzip truncated", lambda tar: gzip.compress(tar, mtime=0)[:-4]),
+    ("gzip cut in half", lambda tar: cut_in_half(gzip.compress(tar, mtime=0))),
+    ("gzip trailing junk", lambda tar: gzip.compress(tar, mtime=0) + b"junk"),
+    ("bzip2 flipped byte", lambda tar: flip_middle_byte(bz2.compress(tar))),
+    ("bzip2 truncated", lambda tar: bz2.compress(tar)[:-10]),
+    ("xz flipped byte", lambda tar: flip_middle_byte(lzma.compress(tar))),
+    ("xz truncated", lambda tar: lzma.compress(tar)[:-10]),
+]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [pytest.param(damage, id=case) for case, damage in CORRUPT_STREAMS],
+)
+async def test_corrupt_compressed_stream_rejected(
+    store: ImageStore,
+    monkeypatch: pytest.MonkeyPatch,
+    damage: Callable[[bytes], bytes],
+) -> None:
+    data = damage(fifty_files())
+    forbid_writing(monkeypatch)
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    assert str(raised.value).startswith("invalid image archive: ")
+    assert list(store.root.iterdir()) == []
+    assert store.list() == ()
+
+
+async def test_bad_crc_reports_decompressor_error(store: ImageStore) -> None:
+    data = flip_crc(gzip.compress(fifty_files(), mtime=0))
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    assert "compressed data is corrupt or truncated" in str(raised.value)
+    assert "CRC check failed" in str(raised.value)
+
+
+async def test_truncated_gzip_is_invalid_request(store: ImageStore) -> None:
+    data = gzip.compress(fifty_files(), mtime=0)[:-4]
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    assert "EOFError" in str(raised.value)
+    assert isinstance(raised.value.__cause__, EOFError)
+
+
+async def test_gzip_bomb_rejected_before_writing(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(messages.images, "MAX_IMAGE_BYTES", 1 << 20)
+    data = gzip.compress(make_tar([file_member("zeros", bytes(4 << 20))]))
+    assert len(data) < 64 * 1024
+    forbid_writing(monkeypatch)
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    message = str(raised.value)
+    assert "at least 4,194,304 bytes" in message
+    assert "more than 1,048,576 bytes" in message
+    assert "decompression bombs" in message
+    assert list(store.root.iterdir()) == []
+
+
+async def test_member_sizes_summed_against_limit(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(messages.images, "MAX_IMAGE_BYTES", 1000)
+    data = make_tar([file_member(f"f{index}", bytes(300)) for index in range(4)])
+    forbid_writing(monkeypatch)
+    with pytest.raises(InvalidRequest, match="at least 1,200 bytes"):
+        await store.import_tar(chunks(data))
+    assert list(store.root.iterdir()) == []
+
+
+async def test_size_at_limit_accepted(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(messages.images, "MAX_IMAGE_BYTES", 1200)
+    data = make_tar([file_member(f"f{index}", bytes(300)) for index in range(4)])
+    record = await store.import_tar(chunks(data))
+    assert record.size == 1200
+
+
+async def test_member_count_limit(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(messages.images, "MAX_IMAGE_MEMBERS", 3)
+    data = make_tar([dir_member(f"d{index}") for index in range(5)])
+    forbid_writing(monkeypatch)
+    with pytest.raises(InvalidRequest, match="more than 3 members"):
+        await store.import_tar(chunks(data))
+    assert list(store.root.iterdir()) == []
+
+
+async def test_write_limit_enforced(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the writer uses the lower limit, as if the headers had understated
+    # the content. Two headers and two data blocks, without the end padding,
+    # which counts against the same limit.
+    monkeypatch.setattr(actors.images, "MAX_IMAGE_BYTES", 10)
+    members = [file_member("a", b"12345678"), file_member("b", b"12345678")]
+    data = make_tar(members)[: 4 * 512]
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    assert "member 'b'" in str(raised.value)
+    assert "past 10 bytes" in str(raised.value)
+    assert list(store.root.iterdir()) == []
+    assert store.list() == ()
+
+
+def tar_with_header(name: str, **fields: object) -> bytes:
+    """Build a PAX archive of one 4-byte file whose TarInfo has these fields."""
+    info = tarfile.TarInfo(name)
+    info.size = 4
+    info.mtime = 1_600_000_000
+    for field, value in fields.items():
+        setattr(info, field, value)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b"data"))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("uid", 2**40), ("gid", 2**40), ("uid", 2**32 - 1), ("uid", -5), ("gid", -1)],
+)
+async def test_owner_out_of_range_rejected(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch, field: str, value: int
+) -> None:
+    data = tar_with_header("etc/owned", **{field: value})
+    forbid_writing(monkeypatch)
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    message = str(raised.value)
+    assert "member 'etc/owned'" in message
+    assert f"its {field} {value} is outside" in message
+    assert "free space" not in message
+    assert list(store.root.iterdir()) == []
+
+
+async def test_largest_owner_accepted(store: ImageStore) -> None:
+    data = tar_with_header("owned", uid=2**32 - 2, gid=2**32 - 2)
+    record = await store.import_tar(chunks(data))
+    owned = (store.rootfs(record.id) / "owned").stat()
+    # Without root the files keep the daemon's own uid and gid.
+    if os.geteuid() == 0:
+        assert (owned.st_uid, owned.st_gid) == (2**32 - 2, 2**32 - 2)
+
+
+@pytest.mark.parametrize("mtime", ["1e300", "-1e300", "nan", "inf"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(tarfile.REGTYPE, id="file"),
+        pytest.param(tarfile.DIRTYPE, id="directory"),
+        pytest.param(tarfile.SYMTYPE, id="symlink"),
+    ],
+)
+async def test_mtime_out_of_range_rejected(
+    store: ImageStore, mtime: str, kind: bytes
+) -> None:
+    fields: dict[str, object] = {"type": kind, "pax_headers": {"mtime": mtime}}
+    if kind != tarfile.REGTYPE:
+        fields["size"] = 0
+    if kind == tarfile.SYMTYPE:
+        fields["linkname"] = "target"
+    data = tar_with_header("stamped", **fields)
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    message = str(raised.value)
+    assert "member 'stamped'" in message
+    assert "modification time" in message
+    assert "free space" not in message
+    assert list(store.root.iterdir()) == []
+
+
+def oversized_extended_header(tar_type: bytes, size: int) -> bytes:
+    """Return an extended header of this type followed by ``size`` zero bytes."""
+    info = tarfile.TarInfo("././@LongLink")
+    info.type = tar_type
+    info.size = size
+    padding = -size % tarfile.BLOCKSIZE
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + bytes(size + padding)
+
+
+@pytest.mark.parametrize(
+    "tar_type",
+    [
+        pytest.param(tarfile.XHDTYPE, id="pax"),
+        pytest.param(tarfile.XGLTYPE, id="pax global"),
+        pytest.param(tarfile.GNUTYPE_LONGNAME, id="gnu long name"),
+        pytest.param(tarfile.GNUTYPE_LONGLINK, id="gnu long link"),
+    ],
+)
+@pytest.mark.parametrize("position", ["first", "second"])
+async def test_oversized_extended_header_rejected(
+    store: ImageStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tar_type: bytes,
+    position: str,
+) -> None:
+    # tarfile would read the whole header into memory: 8 MiB from 8 KiB.
+    header = oversized_extended_header(tar_type, 8 << 20)
+    first = b"" if position == "first" else make_tar([file_member("a")])[:1024]
+    data = gzip.compress(first + header + bytes(1024))
+    assert len(data) < 16 * 1024
+    forbid_writing(monkeypatch)
+    with pytest.raises(InvalidRequest) as raised:
+        await store.import_tar(chunks(data))
+    message = str(raised.value)
+    assert f"extended header at byte offset {len(first)}" in message
+    assert "8,388,608 bytes, more than the maximum of 1,048,576" in message
+    assert list(store.root.iterdir()) == []
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+async def test_long_names_still_import(store: ImageStore, tar_format: int) -> None:
+    name = "/".join(["d" * 60] * 5)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"data"))
+        link = tarfile.TarInfo("link")
+        link.type = tarfile.SYMTYPE
+        link.linkname = name
+        tar.addfile(link)
+    record = await store.import_tar(chunks(buffer.getvalue()))
+    rootfs = store.rootfs(record.id)
+    assert (rootfs / name).read_bytes() == b"data"
+    assert os.readlink(rootfs / "link") == name
 
 
 # Member names come from small pools of parts, so that later members often pass

@@ -9,14 +9,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import messages.images
 from messages.errors import InvalidRequest, NotFound
 from messages.images import (
+    MAX_EXTENDED_HEADER_BYTES,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_MEMBERS,
+    MAX_OWNER_ID,
     ROOT,
     CheckedMember,
     ImageRecord,
     MemberKind,
     apply_changes,
+    check_archive_totals,
+    check_extended_header,
     check_member,
+    check_member_owner,
     check_members,
     decode_image_record,
     encode_image_record,
@@ -454,3 +462,88 @@ def test_check_members_dotdot_inside_root() -> None:
     # "evil/.." names the root lexically, so nothing passes through the link.
     checked = check_members([("evil", S, "/etc"), ("evil/../x", F, None)])
     assert checked[1].path == PurePosixPath("x")
+
+
+# --- Owners and archive limits -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid"), [(0, 0), (1000, 50), (65534, 65534), (MAX_OWNER_ID, MAX_OWNER_ID)]
+)
+def test_check_member_owner_accepts(uid: int, gid: int) -> None:
+    check_member_owner("etc/passwd", uid, gid)
+
+
+OWNERS_REJECTED = [
+    (2**40, 0, "uid 1099511627776"),
+    (0, 2**40, "gid 1099511627776"),
+    (2**32 - 1, 0, "uid 4294967295"),
+    (0, 2**32 - 1, "gid 4294967295"),
+    (-1, 0, "uid -1"),
+    (0, -5, "gid -5"),
+]
+
+
+@pytest.mark.parametrize(("uid", "gid", "bad"), OWNERS_REJECTED)
+def test_check_member_owner_rejects(uid: int, gid: int, bad: str) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        check_member_owner("etc/passwd", uid, gid)
+    message = str(raised.value)
+    assert "member 'etc/passwd'" in message
+    assert f"its {bad} is outside the valid range 0 to 4294967294" in message
+    assert "--owner=0" in message
+
+
+def test_max_owner_id_is_linux_range() -> None:
+    # 2**32 - 1 is (uid_t) -1, which chown(2) reads as "unchanged".
+    assert MAX_OWNER_ID == 2**32 - 2
+
+
+def test_archive_limit_values() -> None:
+    assert MAX_IMAGE_BYTES == 16 * 2**30
+    assert MAX_IMAGE_MEMBERS == 1_000_000
+
+
+def test_check_archive_totals_at_limits() -> None:
+    check_archive_totals(0, 0)
+    check_archive_totals(MAX_IMAGE_MEMBERS, MAX_IMAGE_BYTES)
+
+
+def test_check_archive_totals_too_many_members() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        check_archive_totals(MAX_IMAGE_MEMBERS + 1, 0)
+    message = str(raised.value)
+    assert "more than 1,000,000 members" in message
+    assert "decompression bombs" in message
+
+
+def test_check_archive_totals_too_large() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        check_archive_totals(1, MAX_IMAGE_BYTES + 1)
+    message = str(raised.value)
+    assert "at least 17,179,869,185 bytes" in message
+    assert "more than 17,179,869,184 bytes" in message
+    assert "maximum unpacked size" in message
+    assert "decompression bombs" in message
+
+
+def test_check_archive_totals_reads_current_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The store tests lower the limits this way.
+    monkeypatch.setattr(messages.images, "MAX_IMAGE_BYTES", 100)
+    check_archive_totals(1, 100)
+    with pytest.raises(InvalidRequest, match="more than 100 bytes"):
+        check_archive_totals(1, 101)
+
+
+def test_check_extended_header_at_limit() -> None:
+    check_extended_header(0, MAX_EXTENDED_HEADER_BYTES)
+
+
+def test_check_extended_header_too_large() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        check_extended_header(1536, MAX_EXTENDED_HEADER_BYTES + 1)
+    message = str(raised.value)
+    assert "extended header at byte offset 1536" in message
+    assert "1,048,577 bytes, more than the maximum of 1,048,576" in message
