@@ -114,7 +114,7 @@ class ContainerActor:
 
     @property
     def rootfs(self) -> Path:
-        """The container's root filesystem as the host sees it while it runs."""
+        """The path of the container's root filesystem on the host while it runs."""
         return rootfs_path(self._store.directory(self.id))
 
     def locked_runtime(self) -> RuntimeClient:
@@ -220,7 +220,7 @@ class ContainerActor:
         spec = await self._spec(rootfs, lockin)
         await trio.to_thread.run_sync(self._write_bundle, spec)
         # The lock-in is on disk before the runtime is first called, so a
-        # daemon that dies from here on still knows which binary owns it.
+        # daemon that dies from here on can still find the binary that owns it.
         await self._save(attrs.evolve(self._record, lockin=lockin), durable=True)
         runtime = self._host.runtime(lockin.binary)
         stdout_read, stdout_write = os.pipe()
