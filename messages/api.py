@@ -7,12 +7,18 @@ A value of the wrong type raises InvalidRequest naming the field.
 Building turns records into the JSON shapes that the docker CLI decodes
 into its Go structs, so every field keeps the type Docker gives it.
 Anything that depends on the time takes `now` as an argument.
+
+Request input is hostile until checked: no JSON document, query value or
+path may reach a Python limit (recursion depth, the integer digit limit,
+float overflow) and surface as a 500. Error messages quote a client's
+value cut to MAX_QUOTED_CHARS.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,6 +45,9 @@ API_VERSION = "1.43"
 MIN_API_VERSION = "1.24"
 # "/v1.43/containers/json": the optional version prefix of every path.
 VERSION_PREFIX = re.compile(r"^/v(?P<version>[0-9]+\.[0-9]+)(?=/)")
+# The maximum digits in one part of an API version. A longer part is no
+# version, and int() would raise past 4300 digits.
+MAX_VERSION_PART_DIGITS = 4
 
 # Go's zero time.Time, which Docker writes for a time that has not happened.
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -48,6 +57,39 @@ MICROSECONDS = 1_000_000
 
 # Query values that Docker reads as false (httputils.BoolValue).
 FALSE_QUERY_VALUES = ("", "0", "no", "false", "none")
+
+# The stop timeout that means "no SIGKILL deadline", as in dockerd.
+WAIT_FOREVER = -1
+# The maximum stop timeout a request may set, in seconds: one day. A longer
+# wait is better requested with WAIT_FOREVER.
+MAX_STOP_TIMEOUT = 24 * 60 * 60
+# The latest Unix time a query may give: the last second of year 9999,
+# the last year that RFC 3339 can write.
+MAX_TIMESTAMP = 253_402_300_799
+# "1700000000" or "1700000000.000000001", as the docker CLI sends times.
+TIMESTAMP = re.compile(r"[0-9]+(\.[0-9]+)?")
+# The signal names that runc 1.1 accepts: it looks names up with
+# golang.org/x/sys/unix.SignalNum, whose Linux table has the canonical name
+# of each standard signal. Python's signal.Signals has the same names, plus
+# aliases such as SIGIOT (which iteration skips) and the real-time
+# SIGRTMIN and SIGRTMAX, which runc takes only as numbers.
+SIGNAL_NAMES = frozenset(
+    member.name
+    for member in signal.Signals
+    if member.name not in ("SIGRTMIN", "SIGRTMAX")
+)
+# Linux signal numbers run from 1 to 64, real-time ones included.
+MAX_SIGNAL_NUMBER = 64
+# The maximum nesting of client JSON. Docker's create body nests about seven
+# levels at its deepest (HostConfig.Mounts[].VolumeOptions.DriverConfig),
+# and the limit keeps recursive code (cattrs, repr) far from Python's
+# recursion limit.
+MAX_JSON_DEPTH = 32
+# Go's int64, the widest integer in Docker's request types.
+MIN_JSON_INTEGER = -(2**63)
+MAX_JSON_INTEGER = 2**63 - 1
+# The maximum length of a client's value quoted in an error message.
+MAX_QUOTED_CHARS = 64
 
 # Filter keys accepted by each listing endpoint.
 CONTAINER_FILTERS = ("id", "name", "status", "label")
@@ -101,12 +143,22 @@ class ExecStart:
     tty: bool = False
 
 
+_STOP_TIMEOUT_RANGE = (
+    f"Give whole seconds from 0 to {MAX_STOP_TIMEOUT}, or {WAIT_FOREVER} to "
+    "wait for the container without a deadline."
+)
+
+
+def _stop_timeout_valid(seconds: int) -> bool:
+    return WAIT_FOREVER <= seconds <= MAX_STOP_TIMEOUT
+
+
 def _pascal_case(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
 def _type_error(expected: str, value: Any) -> TypeError:
-    return TypeError(f"expected {expected}, got {_json_type(value)} {value!r}")
+    return TypeError(f"expected {expected}, got {_json_type(value)} {_quote(value)}")
 
 
 def _json_type(value: Any) -> str:
@@ -219,6 +271,82 @@ def _structure_body(body: Any, kind: type[Any], what: str) -> Any:
         ) from None
 
 
+def load_json(data: bytes | str) -> Any:
+    """Parse JSON from a client.
+
+    Raises ValueError, with the reason as its message, for invalid JSON,
+    for NaN and Infinity (which JSON lacks), for a number that overflows a
+    float or an int64, and for nesting deeper than MAX_JSON_DEPTH.
+    """
+    too_deep = f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels"
+    try:
+        document = json.loads(
+            data,
+            parse_int=_parse_json_integer,
+            parse_float=_parse_json_float,
+            parse_constant=_reject_json_constant,
+        )
+    except RecursionError:
+        raise ValueError(too_deep) from None
+    if _nesting_exceeds(document, MAX_JSON_DEPTH):
+        raise ValueError(too_deep)
+    return document
+
+
+def _parse_json_integer(text: str) -> int:
+    # Checked before int(), which raises past 4300 digits.
+    digits = text.removeprefix("-")
+    if len(digits) <= len(str(MAX_JSON_INTEGER)):
+        value = int(text)
+        if MIN_JSON_INTEGER <= value <= MAX_JSON_INTEGER:
+            return value
+    raise ValueError(f"the integer {quote_value(text)} does not fit in 64 bits")
+
+
+def _parse_json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {quote_value(text)} is too large")
+    return value
+
+
+def _reject_json_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON value")
+
+
+def _nesting_exceeds(document: Any, limit: int) -> bool:
+    # A loop with its own stack, because recursion is what the limit prevents.
+    pending = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            children = list(value.values())
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
+def quote_value(text: str) -> str:
+    """Quote a client's string for an error message, cut to MAX_QUOTED_CHARS."""
+    if len(text) <= MAX_QUOTED_CHARS:
+        return repr(text)
+    return f"{text[:MAX_QUOTED_CHARS]!r}... ({len(text)} characters)"
+
+
+def _quote(value: Any) -> str:
+    if isinstance(value, str):
+        return quote_value(value)
+    text = repr(value)
+    if len(text) <= MAX_QUOTED_CHARS:
+        return text
+    return f"{text[:MAX_QUOTED_CHARS]}... ({len(text)} characters)"
+
+
 def decode_create_container(body: Any, *, name: str = "") -> CreateContainer:
     """Decode the body of `POST /containers/create`; `name` is its query value."""
     decoded: _CreateBody = _structure_body(body, _CreateBody, "create container")
@@ -230,6 +358,14 @@ def decode_create_container(body: Any, *, name: str = "") -> CreateContainer:
         raise InvalidRequest("TTY is not supported; run the container without -t")
     if decoded.open_stdin:
         raise InvalidRequest("stdin is not supported; run the container without -i")
+    stop_signal = _decode_stop_signal(decoded.stop_signal)
+    stop_timeout = decoded.stop_timeout
+    if stop_timeout is not None and not _stop_timeout_valid(stop_timeout):
+        raise InvalidRequest(
+            f"invalid create container request: StopTimeout {stop_timeout} is "
+            f"out of range. {_STOP_TIMEOUT_RANGE}"
+        )
+
     host = decoded.host_config or _HostConfigBody()
     entrypoint = decoded.entrypoint
     # `--entrypoint ""` arrives as [""]: it clears the image's entrypoint.
@@ -250,9 +386,21 @@ def decode_create_container(body: Any, *, name: str = "") -> CreateContainer:
         privileged=host.privileged,
         security_opt=host.security_opt or (),
         auto_remove=host.auto_remove,
-        stop_signal=decoded.stop_signal,
-        stop_timeout=decoded.stop_timeout,
+        stop_signal=stop_signal,
+        stop_timeout=stop_timeout,
     )
+
+
+def _decode_stop_signal(value: str) -> str:
+    # Empty means the default, which the container config fills in.
+    if not value:
+        return value
+    try:
+        return parse_signal(value)
+    except InvalidRequest as error:
+        raise InvalidRequest(
+            f"invalid create container request: StopSignal: {error}"
+        ) from None
 
 
 def decode_exec_options(body: Any) -> ExecOptions:
@@ -303,15 +451,30 @@ def query_bool(query: Query, name: str, default: bool = False) -> bool:
 
 
 def query_int(query: Query, name: str) -> int | None:
+    """Read an integer query parameter of at most 18 digits; None when absent."""
     value = query_value(query, name)
     if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except ValueError:
+    if re.fullmatch(r"-?[0-9]{1,18}", value) is None:
         raise InvalidRequest(
-            f"invalid query parameter {name}={value!r}: expected an integer"
-        ) from None
+            f"invalid query parameter {name}={quote_value(value)}: expected an "
+            "integer of at most 18 digits"
+        )
+    return int(value)
+
+
+def query_stop_timeout(query: Query, name: str) -> int | None:
+    """Read a stop timeout (`docker stop -t`); -1 waits forever, None is the default.
+
+    Raises InvalidRequest outside WAIT_FOREVER..MAX_STOP_TIMEOUT.
+    """
+    seconds = query_int(query, name)
+    if seconds is not None and not _stop_timeout_valid(seconds):
+        raise InvalidRequest(
+            f"invalid query parameter {name}={seconds}: out of range. "
+            f"{_STOP_TIMEOUT_RANGE}"
+        )
+    return seconds
 
 
 def split_api_version(path: str) -> tuple[str | None, str]:
@@ -323,7 +486,13 @@ def split_api_version(path: str) -> tuple[str | None, str]:
 
 
 def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
+    parts = version.split(".")
+    if any(len(part) > MAX_VERSION_PART_DIGITS for part in parts):
+        raise InvalidRequest(
+            f"invalid API version {quote_value(version)}: expected MAJOR.MINOR "
+            f"such as {API_VERSION}. Set DOCKER_API_VERSION to a real version."
+        )
+    return tuple(int(part) for part in parts)
 
 
 def check_api_version(version: str) -> None:
@@ -346,33 +515,40 @@ def version_at_least(version: str | None, minimum: str) -> bool:
 
 
 def parse_signal(value: str) -> str:
-    """Normalize a signal given as "KILL", "SIGKILL" or "9" to runc's form.
+    """Normalize a signal given as "KILL", "SIGKILL" or "9" to a form runc takes.
 
-    Names become "SIGKILL"; numbers stay numbers. Raises InvalidRequest for
-    anything that is not a Linux signal.
+    Names become "SIGKILL", and numbers become plain decimal numbers.
+    Raises InvalidRequest for a name not in SIGNAL_NAMES and for a number
+    outside 1..MAX_SIGNAL_NUMBER.
     """
     text = value.strip().upper()
-    if text.isdigit():
-        if int(text) in {member.value for member in signal.Signals}:
-            return text
+    if re.fullmatch(r"[0-9]{1,3}", text):
+        if 1 <= int(text) <= MAX_SIGNAL_NUMBER:
+            return str(int(text))
     else:
         name = text if text.startswith("SIG") else f"SIG{text}"
-        if name in signal.Signals.__members__:
+        if name in SIGNAL_NAMES:
             return name
     raise InvalidRequest(
-        f"invalid signal {value!r}: give a name such as SIGTERM or KILL, or a number"
+        f"invalid signal {quote_value(value)}: give a name such as SIGTERM or "
+        f"KILL, or a number from 1 to {MAX_SIGNAL_NUMBER}"
     )
 
 
 def parse_timestamp(value: str, name: str) -> float:
-    """Parse a Unix time as the docker CLI sends it ("1700000000.000000001")."""
-    try:
-        return float(value)
-    except ValueError:
-        raise InvalidRequest(
-            f"invalid query parameter {name}={value!r}: expected seconds since "
-            "the Unix epoch, such as 1700000000.5"
-        ) from None
+    """Parse a Unix time as the docker CLI sends it ("1700000000.000000001").
+
+    Raises InvalidRequest for any other form and for a time past
+    MAX_TIMESTAMP, so the result is finite and not negative.
+    """
+    if TIMESTAMP.fullmatch(value) is not None:
+        seconds = float(value)
+        if seconds <= MAX_TIMESTAMP:
+            return seconds
+    raise InvalidRequest(
+        f"invalid query parameter {name}={quote_value(value)}: expected seconds "
+        f"since the Unix epoch up to {MAX_TIMESTAMP}, such as 1700000000.5"
+    )
 
 
 def rfc3339_nano(seconds: float) -> str:
@@ -444,16 +620,19 @@ def parse_filters(text: str | None, allowed: Sequence[str]) -> Filters:
     if not text:
         return {}
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"invalid filters {text!r}: {error}") from None
+        document = load_json(text)
+    except ValueError as error:
+        raise InvalidRequest(f"invalid filters {quote_value(text)}: {error}") from None
     if not isinstance(document, dict):
-        raise InvalidRequest(f"invalid filters {text!r}: expected a JSON object")
+        raise InvalidRequest(
+            f"invalid filters {quote_value(text)}: expected a JSON object"
+        )
     filters: dict[str, tuple[str, ...]] = {}
     for key, values in document.items():
         if key not in allowed:
             raise InvalidRequest(
-                f"invalid filter {key!r}: supported filters are {', '.join(allowed)}"
+                f"invalid filter {quote_value(key)}: supported filters are "
+                f"{', '.join(allowed)}"
             )
         if isinstance(values, dict):
             values = [value for value, enabled in values.items() if enabled]
@@ -461,7 +640,8 @@ def parse_filters(text: str | None, allowed: Sequence[str]) -> Filters:
             isinstance(value, str) for value in values
         ):
             raise InvalidRequest(
-                f"invalid filter {key!r}: expected a list of strings, got {values!r}"
+                f"invalid filter {quote_value(key)}: expected a list of strings, "
+                f"got {_quote(values)}"
             )
         filters[key] = tuple(values)
     return filters
@@ -520,9 +700,10 @@ def parse_tail(value: str | None) -> int | None:
     """Decode `tail`: "all" or absent is None (everything), else a line count."""
     if value is None or value in ("", "all"):
         return None
-    if not value.isdigit():
+    if re.fullmatch(r"[0-9]{1,18}", value) is None:
         raise InvalidRequest(
-            f"invalid query parameter tail={value!r}: give a number of lines or all"
+            f"invalid query parameter tail={quote_value(value)}: give a number "
+            "of lines or all"
         )
     return int(value)
 

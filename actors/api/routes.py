@@ -12,12 +12,15 @@ for it (a wait's Error, an exec's stderr).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import lzma
 import os
 import re
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any, Protocol, TypeVar
@@ -47,6 +50,10 @@ except metadata.PackageNotFoundError:
 
 # Go's names for the machine types that os.uname() reports.
 GO_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
+# Exceptions that Python's decompressors raise for a damaged or cut archive.
+DECOMPRESSION_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+# The bz2 module raises a plain OSError, without an errno, with this message.
+BZ2_DATA_ERROR = "Invalid data stream"
 PULL_UNSUPPORTED = (
     "pulling images is not supported by Dockyard: build a root filesystem "
     "tarball and import it with `docker import FILE.tar NAME`, or run "
@@ -263,6 +270,7 @@ async def reload(call: Call) -> None:
 async def events(call: Call) -> None:
     filters = api.parse_filters(call.query("filters"), api.EVENT_FILTERS)
     since = call.query("since")
+    # parse_timestamp bounds the time, so the conversion cannot overflow.
     since_nano = int(api.parse_timestamp(since, "since") * 1e9) if since else 0
     until = call.query("until")
     deadline = float("inf")
@@ -336,13 +344,13 @@ async def stop_container(call: Call) -> None:
             "stop with a custom signal is not supported; set the container's "
             "stop signal at create (--stop-signal) or use docker kill"
         )
-    grace = api.query_int(call.request.query, "t")
+    grace = api.query_stop_timeout(call.request.query, "t")
     stopped = await call.daemon.stop_container(call.params["id"], grace)
     await call.exchange.respond(204 if stopped else 304)
 
 
 async def restart_container(call: Call) -> None:
-    grace = api.query_int(call.request.query, "t")
+    grace = api.query_stop_timeout(call.request.query, "t")
     await call.daemon.stop_container(call.params["id"], grace)
     await call.daemon.start_container(call.params["id"])
     await call.exchange.respond(204)
@@ -363,7 +371,7 @@ async def wait_container(call: Call) -> None:
     condition = call.query("condition") or WAIT_NOT_RUNNING
     if condition not in WAIT_CONDITIONS:
         raise InvalidRequest(
-            f"invalid wait condition {condition!r}; use one of "
+            f"invalid wait condition {api.quote_value(condition)}; use one of "
             f"{', '.join(WAIT_CONDITIONS)}"
         )
     reference = call.params["id"]
@@ -527,18 +535,35 @@ async def create_image(call: Call) -> None:
         raise NotFound(PULL_UNSUPPORTED)
     source = call.query("fromSrc")
     if source != "-":
+        shown = "no fromSrc" if source is None else api.quote_value(source)
         raise InvalidRequest(
-            f"importing from {source!r} is not supported; send the tarball as the "
+            f"importing from {shown} is not supported; send the tarball as the "
             "request body with fromSrc=- (`docker import FILE.tar NAME`)"
         )
     repository = call.query("repo") or ""
     tag = call.query("tag") or ""
     reference = f"{repository}:{tag}" if repository and tag else repository
     changes = tuple(call.request.query.get("changes", ()))
-    image = await call.daemon.import_image(
-        call.exchange.body(), reference=reference or None, changes=changes
-    )
+    try:
+        image = await call.daemon.import_image(
+            call.exchange.body(), reference=reference or None, changes=changes
+        )
+    except (*DECOMPRESSION_ERRORS, OSError) as error:
+        if not _is_decompression_error(error):
+            raise
+        raise InvalidRequest(
+            f"invalid image archive: {type(error).__name__}: {error}. Send a "
+            "complete uncompressed, gzip, bzip2 or xz tar archive."
+        ) from error
     await call.exchange.respond(200, json_line({"status": image.id}), JSON)
+
+
+def _is_decompression_error(error: BaseException) -> bool:
+    if isinstance(error, DECOMPRESSION_ERRORS):
+        return True
+    return (
+        type(error) is OSError and error.errno is None and str(error) == BZ2_DATA_ERROR
+    )
 
 
 async def list_images(call: Call) -> None:

@@ -11,6 +11,17 @@ live in `actors.api.routes`. h11 parses and writes all HTTP. Rules:
   image import streams its body, chunked or not, straight to the store.
 - Malformed HTTP gets a 400 (or the status h11 suggests) and the
   connection is closed.
+- Slow or silent clients are closed, so that they cannot hold the
+  server's descriptors: a request head must arrive whole within
+  REQUEST_HEAD_TIMEOUT_SECONDS, a keep-alive connection may wait
+  IDLE_TIMEOUT_SECONDS for its next request, a request body may pause at
+  most BODY_READ_TIMEOUT_SECONDS, and a JSON body must arrive whole
+  within JSON_BODY_TIMEOUT_SECONDS. No timeout applies while a
+  response streams (events, logs, wait, attach, exec), so those
+  connections stay open until either side ends them.
+- At most MAX_CONNECTIONS connections are served at once. At the limit
+  the server stops accepting, so new clients wait in the listen backlog
+  until a connection closes.
 - Attach and exec start hijack the connection: the client asks with
   `Connection: Upgrade` and `Upgrade: tcp`, the server replies
   `101 UPGRADED`, and from then on the socket carries raw multiplexed
@@ -18,14 +29,14 @@ live in `actors.api.routes`. h11 parses and writes all HTTP. Rules:
   ask to upgrade gets the same stream as the body of a 200, and the
   connection then closes.
 - A DockyardError becomes its `http_status` with `{"message": ...}`, as
-  dockerd answers; any other exception is a 500 and is logged with its
-  traceback. Every caught error is logged with the request line.
+  dockerd answers. Any other exception is a 500 with the message
+  "internal error: TYPE: TEXT" and is logged with its traceback. Every
+  caught error is logged with the request line.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import socket
@@ -55,6 +66,25 @@ MAX_DRAIN_BYTES = 64 << 20
 # request; past it, the connection is treated as broken.
 MAX_PIPELINED_BYTES = 64 * 1024
 RECEIVE_BYTES = 64 * 1024
+# A client has this long, from connecting or from the first byte of a later
+# request, to send the whole request line and headers. The docker CLI sends
+# them in one write. The limit closes clients that trickle them in
+# (slowloris) and clients that connect and send nothing.
+REQUEST_HEAD_TIMEOUT_SECONDS = 30.0
+# How long a keep-alive connection may wait for its next request. The
+# docker CLI reuses a connection only within one command.
+IDLE_TIMEOUT_SECONDS = 60.0
+# The maximum pause between two reads of a request body. An import streams
+# for as long as its data keeps arriving.
+BODY_READ_TIMEOUT_SECONDS = 60.0
+# A JSON body, at most MAX_JSON_BODY_BYTES, must arrive whole in this time.
+JSON_BODY_TIMEOUT_SECONDS = 30.0
+# Each connection uses one descriptor. Python keeps the soft RLIMIT_NOFILE
+# it inherits, 1024 by default on Linux, so this leaves half of that for
+# container pipes, log files, the image store and runc. A flood of clients
+# then cannot make the daemon's own open() or pipe() fail with EMFILE. A
+# `docker run` keeps two connections open (attach and wait) while it runs.
+MAX_CONNECTIONS = 512
 # Owner and group may use the API; others may not, because it runs
 # containers as root.
 SOCKET_MODE = 0o660
@@ -62,6 +92,9 @@ LISTEN_BACKLOG = 128
 # accept() errors that mean "out of descriptors or memory for now": the
 # server waits this many seconds and accepts again instead of stopping.
 ACCEPT_RETRY_SECONDS = 0.1
+# A run of accept() failures, or of waits at MAX_CONNECTIONS, is logged
+# when it starts and then as a count at most once per this many seconds.
+ACCEPT_FAILURE_LOG_SECONDS = 10.0
 _ACCEPT_RETRY_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
 
 _BASE_HEADERS = (
@@ -77,10 +110,15 @@ class BodyTooLarge(DockyardError):
     http_status = 413
 
 
+class RequestTimeout(DockyardError):
+    http_status = 408
+
+
 async def serve_api(
     daemon: Daemon,
     path: Path,
     *,
+    max_connections: int = MAX_CONNECTIONS,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API on the Unix socket `path` until cancelled.
@@ -88,7 +126,8 @@ async def serve_api(
     Replaces a stale socket file left by a daemon that died, but raises
     InvalidConfig when `path` is not a socket or another daemon still
     listens on it. Reports started once clients can connect, and removes
-    the socket file when it stops.
+    the socket file when it stops. At most `max_connections` clients are
+    served at once.
     """
     await trio.to_thread.run_sync(_clear_socket_path, path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -106,7 +145,7 @@ async def serve_api(
     try:
         async with listener, trio.open_nursery() as nursery:
             task_status.started()
-            await _accept_forever(daemon, listener, nursery)
+            await _accept_forever(daemon, listener, nursery, max_connections)
     finally:
         _remove_socket(path, identity)
         logger.info("API on unix://%s stopped", path)
@@ -145,40 +184,117 @@ def _remove_socket(path: Path, identity: int) -> None:
         logger.warning("could not remove socket %s: %s", path, error)
 
 
+class _RepeatedLog:
+    """The log of a condition that may recur many times a second.
+
+    It logs the first occurrence of a run, then the count of further ones
+    at most once per ACCEPT_FAILURE_LOG_SECONDS, and the total when the
+    run ends.
+    """
+
+    def __init__(self, level: int, first: str, repeated: str, ended: str) -> None:
+        self._level = level
+        self._first = first
+        self._repeated = repeated
+        self._ended = ended
+        self._total = 0
+        self._unlogged = 0
+        self._logged_at = 0.0
+
+    def occurred(self, detail: object) -> None:
+        now = trio.current_time()
+        self._total += 1
+        if self._total == 1:
+            logger.log(self._level, self._first, detail)
+            self._logged_at = now
+            return
+        self._unlogged += 1
+        if now - self._logged_at >= ACCEPT_FAILURE_LOG_SECONDS:
+            logger.log(self._level, self._repeated, self._unlogged, detail)
+            self._unlogged = 0
+            self._logged_at = now
+
+    def end(self) -> None:
+        if self._total:
+            logger.info(self._ended, self._total)
+        self._total = 0
+        self._unlogged = 0
+
+
 async def _accept_forever(
-    daemon: Daemon, listener: trio.SocketListener, nursery: trio.Nursery
+    daemon: Daemon,
+    listener: trio.abc.Listener[trio.SocketStream],
+    nursery: trio.Nursery,
+    max_connections: int,
 ) -> None:
+    # A token per open connection; its task returns the token when it ends.
+    slots = trio.Semaphore(max_connections)
+    failures = _RepeatedLog(
+        logging.ERROR,
+        "accept failed, retrying: %s",
+        "accept failed %d more times, still retrying: %s",
+        "accept works again after %d failures",
+    )
+    full = _RepeatedLog(
+        logging.WARNING,
+        "all %d API connections are in use: new clients wait until one closes",
+        "the API connection limit was reached %d more times (limit %d)",
+        "API connections fell below the limit again after %d waits",
+    )
     while True:
+        if slots.value == 0:
+            full.occurred(max_connections)
+        await slots.acquire()
         try:
             stream = await listener.accept()
         except OSError as error:
+            slots.release()
             if error.errno not in _ACCEPT_RETRY_ERRORS:
                 raise
-            logger.error("accept failed, retrying: %s", error)
+            failures.occurred(error)
             await trio.sleep(ACCEPT_RETRY_SECONDS)
             continue
-        nursery.start_soon(_serve_connection, daemon, stream, nursery)
+        except BaseException:
+            slots.release()
+            raise
+        failures.end()
+        if slots.value > 0:
+            full.end()
+        nursery.start_soon(_serve_connection, daemon, stream, nursery, slots)
 
 
 async def _serve_connection(
-    daemon: Daemon, stream: trio.SocketStream, background: trio.Nursery
+    daemon: Daemon,
+    stream: trio.SocketStream,
+    background: trio.Nursery,
+    slots: trio.Semaphore,
 ) -> None:
-    connection = _Connection(stream)
-    async with stream:
-        try:
-            while True:
-                event = await connection.receive_request()
-                if event is None:
-                    return
-                exchange = _Exchange(connection, event)
-                await _handle(daemon, exchange, background)
-                if not await connection.finish_cycle(exchange):
-                    return
-        except _CLIENT_GONE:
-            logger.debug("client closed the connection")
-        except Exception:
-            # A bug in one connection must not stop the server with it.
-            logger.exception("connection failed; closing it")
+    try:
+        async with stream:
+            await _serve_requests(daemon, _Connection(stream), background)
+    finally:
+        slots.release()
+
+
+async def _serve_requests(
+    daemon: Daemon, connection: _Connection, background: trio.Nursery
+) -> None:
+    first = True
+    try:
+        while True:
+            event = await connection.receive_request(first=first)
+            if event is None:
+                return
+            first = False
+            exchange = _Exchange(connection, event)
+            await _handle(daemon, exchange, background)
+            if not await connection.finish_cycle(exchange):
+                return
+    except _CLIENT_GONE:
+        logger.debug("client closed the connection")
+    except Exception:
+        # A bug in one connection must not stop the server with it.
+        logger.exception("connection failed; closing it")
 
 
 class _Connection:
@@ -203,16 +319,64 @@ class _Connection:
         if data:
             await self.stream.send_all(data)
 
-    async def receive_request(self) -> h11.Request | None:
-        """Wait for the next request; None when the client closed or sent garbage."""
-        try:
-            event = await self.next_event()
-        except h11.RemoteProtocolError as error:
-            await self._reject(error)
+    async def next_body_event(self) -> Any:
+        """Return the next event of a request body, or None after a long pause.
+
+        A pause is too long past BODY_READ_TIMEOUT_SECONDS.
+        """
+        with trio.move_on_after(BODY_READ_TIMEOUT_SECONDS):
+            return await self.next_event()
+        return None
+
+    async def receive_request(self, *, first: bool) -> h11.Request | None:
+        """Wait for the next request head, within the timeouts for a head.
+
+        `first` is True on a new connection, whose head is due within
+        REQUEST_HEAD_TIMEOUT_SECONDS. Before a later request the connection
+        may be idle for IDLE_TIMEOUT_SECONDS, and then the rest of the head
+        is due within REQUEST_HEAD_TIMEOUT_SECONDS of its first byte.
+        Returns None when the client closed, sent garbage or timed out.
+        """
+        # Bytes already buffered are the start of a pipelined request.
+        started = first or bool(self.h11.trailing_data[0])
+        timeout = REQUEST_HEAD_TIMEOUT_SECONDS if started else IDLE_TIMEOUT_SECONDS
+        event: Any = None
+        protocol_error: h11.RemoteProtocolError | None = None
+        with trio.move_on_after(timeout) as deadline:
+            try:
+                event = await self._next_head_event(deadline, started)
+            except h11.RemoteProtocolError as error:
+                protocol_error = error
+        if protocol_error is not None:
+            await self._reject(protocol_error)
+            return None
+        if deadline.cancelled_caught:
+            if first or self.h11.trailing_data[0]:
+                logger.debug(
+                    "closing a connection: no complete request head within %ss",
+                    REQUEST_HEAD_TIMEOUT_SECONDS,
+                )
+            else:
+                logger.debug(
+                    "closing a keep-alive connection idle for %ss",
+                    IDLE_TIMEOUT_SECONDS,
+                )
             return None
         if isinstance(event, h11.Request):
             return event
         return None
+
+    async def _next_head_event(self, deadline: trio.CancelScope, started: bool) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.stream.receive_some(RECEIVE_BYTES)
+            if data and not started:
+                # The idle wait is over, so the head is due from now on.
+                started = True
+                deadline.deadline = trio.current_time() + REQUEST_HEAD_TIMEOUT_SECONDS
+            self.h11.receive_data(data)
 
     async def _reject(self, error: h11.RemoteProtocolError) -> None:
         logger.info("malformed HTTP request: %s", error)
@@ -241,7 +405,7 @@ class _Connection:
         drained = 0
         try:
             while self.h11.their_state is h11.SEND_BODY:
-                event = await self.next_event()
+                event = await self.next_body_event()
                 if isinstance(event, h11.Data):
                     drained += len(event.data)
                     if drained > MAX_DRAIN_BYTES:
@@ -259,8 +423,9 @@ class _Connection:
 class _Body:
     """The request body as an async iterator of chunks, for streaming imports."""
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: _Connection, exchange: _Exchange) -> None:
         self._connection = connection
+        self._exchange = exchange
 
     def __aiter__(self) -> _Body:
         return self
@@ -268,9 +433,16 @@ class _Body:
     async def __anext__(self) -> bytes:
         while self._connection.h11.their_state is h11.SEND_BODY:
             try:
-                event = await self._connection.next_event()
+                event = await self._connection.next_body_event()
             except h11.RemoteProtocolError as error:
                 raise InvalidRequest(f"malformed request body: {error}") from None
+            if event is None:
+                self._exchange.close_after = True
+                raise RequestTimeout(
+                    "request body timed out: no data arrived for "
+                    f"{BODY_READ_TIMEOUT_SECONDS:g} seconds. Send the body "
+                    "without pausing."
+                )
             if isinstance(event, h11.Data):
                 if event.data:
                     return bytes(event.data)
@@ -314,7 +486,7 @@ class _Exchange:
     # Reading.
 
     def body(self) -> _Body:
-        return _Body(self._connection)
+        return _Body(self._connection, self)
 
     async def read_json(self) -> Any:
         length = self._header(b"content-length")
@@ -327,18 +499,26 @@ class _Exchange:
             raise BodyTooLarge(_too_large_message())
         chunks: list[bytes] = []
         size = 0
-        async for chunk in self.body():
-            size += len(chunk)
-            if size > MAX_JSON_BODY_BYTES:
-                self.close_after = True
-                raise BodyTooLarge(_too_large_message())
-            chunks.append(chunk)
+        with trio.move_on_after(JSON_BODY_TIMEOUT_SECONDS) as deadline:
+            async for chunk in self.body():
+                size += len(chunk)
+                if size > MAX_JSON_BODY_BYTES:
+                    self.close_after = True
+                    raise BodyTooLarge(_too_large_message())
+                chunks.append(chunk)
+        if deadline.cancelled_caught:
+            self.close_after = True
+            raise RequestTimeout(
+                f"request body timed out: a JSON body must arrive within "
+                f"{JSON_BODY_TIMEOUT_SECONDS:g} seconds. Send the whole body "
+                "without pausing."
+            )
         data = b"".join(chunks)
         if not data.strip():
             return None
         try:
-            return json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return api.load_json(data)
+        except ValueError as error:
             raise InvalidRequest(
                 f"invalid JSON in the request body: {error}. Send a JSON object."
             ) from None
@@ -465,6 +645,7 @@ async def _handle(
         handler, params = routes.find_route(request.method, request.path)
         await handler(routes.Call(daemon, request, params, exchange, background))
     except Exception as caught:
+        # Inside the except block, so that logger.exception has the traceback.
         await _respond_error(exchange, caught)
         return
     if exchange.client_gone:
@@ -486,8 +667,8 @@ async def _respond_error(exchange: _Exchange, caught: Exception) -> None:
         level = logging.INFO if status < 500 else logging.ERROR
         logger.log(level, "%s failed with %d: %s", line, status, message)
     else:
-        status, message = 500, f"internal error: {error!r}"
-        logger.error("%s failed with an internal error", line, exc_info=caught)
+        status, message = 500, f"internal error: {type(error).__name__}: {error}"
+        logger.exception("%s failed with an internal error", line)
     if exchange.started:
         # The status line is out, so closing is the only way to show the
         # client that the body is incomplete.

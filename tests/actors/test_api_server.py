@@ -9,14 +9,20 @@ the socket.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
+import gzip
 import io
 import json
+import logging
+import lzma
 import os
 import shutil
 import socket
 import stat
 import tarfile
 import tempfile
+import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +32,22 @@ import attrs
 import h11
 import pytest
 import trio
+import trio.testing
 
-from actors.api.server import MAX_JSON_BODY_BYTES, SOCKET_MODE, serve_api
+from actors.api import server
+from actors.api.server import (
+    ACCEPT_FAILURE_LOG_SECONDS,
+    ACCEPT_RETRY_SECONDS,
+    BODY_READ_TIMEOUT_SECONDS,
+    IDLE_TIMEOUT_SECONDS,
+    JSON_BODY_TIMEOUT_SECONDS,
+    MAX_JSON_BODY_BYTES,
+    REQUEST_HEAD_TIMEOUT_SECONDS,
+    SOCKET_MODE,
+    serve_api,
+)
 from actors.daemon import Daemon, open_daemon
+from messages.api import MAX_STOP_TIMEOUT
 from messages.config import DaemonFlags
 from messages.errors import InvalidConfig
 
@@ -192,6 +211,20 @@ async def create(api: Api, body: dict[str, Any], name: str = "") -> Reply:
     return await api.request("POST", target, body=json.dumps(body).encode())
 
 
+async def read_until_closed(stream: trio.SocketStream) -> bytes:
+    """Read until the server closes the connection; a reset counts as closed."""
+    received = b""
+    with contextlib.suppress(trio.BrokenResourceError):
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    return received
+
+
+UPGRADE = [("Connection", "Upgrade"), ("Upgrade", "tcp")]
+# Longer than every timeout of an idle or slow connection.
+PAST_ALL_TIMEOUTS = 3 * max(REQUEST_HEAD_TIMEOUT_SECONDS, IDLE_TIMEOUT_SECONDS)
+
+
 # --- Connections and HTTP -------------------------------------------------------------
 
 
@@ -305,6 +338,233 @@ async def test_oversized_chunked_body_413(served: Api) -> None:
         body = await client.read_body()
     assert head.status_code == 413
     assert "too large" in json.loads(body)["message"]
+
+
+# --- Slow, idle and many clients (virtual time) ---------------------------------------
+
+
+async def test_silent_client_closed(
+    served: Api, autojump_clock: trio.testing.MockClock
+) -> None:
+    stream = await trio.open_unix_socket(str(served.socket_path))
+    async with stream:
+        start = trio.current_time()
+        received = await read_until_closed(stream)
+        elapsed = trio.current_time() - start
+    assert received == b""
+    assert elapsed >= REQUEST_HEAD_TIMEOUT_SECONDS
+    assert elapsed < REQUEST_HEAD_TIMEOUT_SECONDS + 1
+
+
+async def test_trickled_head_closed(
+    served: Api, autojump_clock: trio.testing.MockClock
+) -> None:
+    stream = await trio.open_unix_socket(str(served.socket_path))
+    # Each header line arrives before the previous one could time out, so
+    # only a deadline for the whole head ends the connection.
+    interval = REQUEST_HEAD_TIMEOUT_SECONDS * 0.3
+
+    async def trickle() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\n")
+            while True:
+                await trio.sleep(interval)
+                await stream.send_all(b"X-Slow: 1\r\n")
+
+    async with stream, trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(trickle)
+        received = await read_until_closed(stream)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert received == b""
+    assert elapsed >= REQUEST_HEAD_TIMEOUT_SECONDS
+    assert elapsed < REQUEST_HEAD_TIMEOUT_SECONDS + 1
+
+
+async def test_idle_keep_alive_closed(
+    served: Api, autojump_clock: trio.testing.MockClock
+) -> None:
+    client = await served.connect()
+    async with client.stream:
+        first = await client.request("GET", "/_ping")
+        await trio.sleep(IDLE_TIMEOUT_SECONDS * 0.9)
+        second = await client.request("GET", "/_ping")
+        start = trio.current_time()
+        received = await read_until_closed(client.stream)
+        elapsed = trio.current_time() - start
+    assert first.status == 200
+    assert second.status == 200
+    assert received == b""
+    assert elapsed >= IDLE_TIMEOUT_SECONDS
+    assert elapsed < IDLE_TIMEOUT_SECONDS + 1
+
+
+async def test_trickled_json_body_408(
+    served: Api, autojump_clock: trio.testing.MockClock
+) -> None:
+    body = json.dumps({"Image": "tiny:1", "Cmd": ["true"]}).encode()
+    client = await served.connect()
+
+    async def trickle() -> None:
+        headers = [("Host", "localhost"), ("Content-Length", str(len(body)))]
+        await client.send(
+            h11.Request(method="POST", target="/containers/create", headers=headers)
+        )
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            for index in range(len(body)):
+                await client.send(h11.Data(data=body[index : index + 1]))
+                await trio.sleep(JSON_BODY_TIMEOUT_SECONDS / 10 + 0.5)
+
+    async with client.stream, trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(trickle)
+        head = await client.response_head()
+        elapsed = trio.current_time() - start
+        message = json.loads(await client.read_body())["message"]
+        nursery.cancel_scope.cancel()
+    assert head.status_code == 408
+    assert (b"connection", b"close") in head.headers
+    assert "request body timed out" in message
+    assert elapsed >= JSON_BODY_TIMEOUT_SECONDS
+    assert elapsed < JSON_BODY_TIMEOUT_SECONDS + 1
+
+
+async def test_stalled_import_body_408(
+    served: Api, autojump_clock: trio.testing.MockClock
+) -> None:
+    client = await served.connect()
+    async with client.stream:
+        headers = [("Host", "localhost"), ("Transfer-Encoding", "chunked")]
+        await client.send(
+            h11.Request(
+                method="POST",
+                target="/images/create?fromSrc=-&repo=stalled",
+                headers=headers,
+            )
+        )
+        await client.send(h11.Data(data=TINY_TAR[:1000]))
+        start = trio.current_time()
+        head = await client.response_head()
+        elapsed = trio.current_time() - start
+        message = json.loads(await client.read_body())["message"]
+    assert head.status_code == 408
+    assert f"no data arrived for {BODY_READ_TIMEOUT_SECONDS:g} seconds" in message
+    assert elapsed >= BODY_READ_TIMEOUT_SECONDS
+    assert (await served.request("GET", "/images/json")).json() == []
+
+
+async def test_attach_outlives_timeouts(
+    served: Api, autojump_clock: trio.testing.MockClock
+) -> None:
+    await import_tiny(served)
+    await create(served, {"Image": "tiny:1", "Cmd": ["true"]}, "listener")
+    client = await served.connect()
+    async with client.stream:
+        await client.send_request(
+            "POST",
+            "/v1.43/containers/listener/attach?stream=1&stdout=1",
+            headers=UPGRADE,
+        )
+        event = await client.next_event()
+        assert isinstance(event, h11.InformationalResponse)
+        assert event.status_code == 101
+        with trio.move_on_after(PAST_ALL_TIMEOUTS) as waited:
+            data = await client.stream.receive_some(65536)
+            pytest.fail(f"the attach stream ended or sent {data!r}")
+    assert waited.cancelled_caught
+
+
+async def test_events_outlive_timeouts(
+    served: Api, autojump_clock: trio.testing.MockClock
+) -> None:
+    client = await served.connect()
+    async with client.stream:
+        await client.send_request("GET", "/v1.43/events")
+        head = await client.response_head()
+        assert head.status_code == 200
+        await trio.sleep(PAST_ALL_TIMEOUTS)
+        await import_tiny(served)
+        event = json.loads(await client.next_chunk())
+    assert event["Type"] == "image"
+    assert event["Action"] == "import"
+
+
+async def test_connection_limit_queues_clients(
+    served: Api, short_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = short_dir / "small.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(serve_api, served.daemon, path, max_connections=2)
+        )
+        silent = [await trio.open_unix_socket(str(path)) for _ in range(2)]
+        client = Client(await trio.open_unix_socket(str(path)))
+        start = trio.current_time()
+        await client.send_request("GET", "/_ping")
+        with trio.move_on_after(REQUEST_HEAD_TIMEOUT_SECONDS / 2) as waited:
+            await client.response_head()
+        assert waited.cancelled_caught
+        head = await client.response_head()
+        elapsed = trio.current_time() - start
+        body = await client.read_body()
+        leftovers = [await read_until_closed(stream) for stream in silent]
+        for stream in [client.stream, *silent]:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert head.status_code == 200
+    assert body == b"OK"
+    # The third client was accepted only once a silent one timed out.
+    assert elapsed >= REQUEST_HEAD_TIMEOUT_SECONDS
+    assert leftovers == [b"", b""]
+
+
+class FailingListener:
+    """A listener whose accept() fails with EMFILE `failures` times, then succeeds."""
+
+    def __init__(self, failures: int, streams: list[trio.SocketStream]) -> None:
+        self.failures = failures
+        self.streams = streams
+
+    async def accept(self) -> trio.SocketStream:
+        await trio.lowlevel.checkpoint()
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        if self.streams:
+            return self.streams.pop()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_accept_failures_rate_limited(
+    served: Api,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="actors.api.server")
+    server_end, client_end = socket.socketpair()
+    client = Client(trio.SocketStream(trio.socket.from_stdlib_socket(client_end)))
+    failures = 447
+    listener = FailingListener(
+        failures, [trio.SocketStream(trio.socket.from_stdlib_socket(server_end))]
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._accept_forever, served.daemon, listener, nursery, 8)
+        async with client.stream:
+            reply = await client.request("GET", "/_ping")
+        nursery.cancel_scope.cancel()
+    assert reply.status == 200
+    logged = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "actors.api.server" and "accept" in record.getMessage()
+    ]
+    duration = failures * ACCEPT_RETRY_SECONDS
+    assert len(logged) >= 2
+    assert len(logged) <= 2 + duration / ACCEPT_FAILURE_LOG_SECONDS
+    assert os.strerror(errno.EMFILE) in logged[0]
+    assert f"after {failures} failures" in logged[-1]
 
 
 # --- System endpoints -----------------------------------------------------------------
@@ -556,6 +816,243 @@ async def test_events_until_past_ends(served: Api) -> None:
     reply = await served.request("GET", "/events?until=1")
     assert reply.status == 200
     assert reply.body == b""
+
+
+# --- Hostile inputs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "phrase"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper than"),
+        (b'{"Image": ' + b"[" * 200 + b"]" * 200 + b"}", "nested deeper than"),
+        (b'{"Image": "b", "StopTimeout": ' + b"1" * 5000 + b"}", "5000 characters"),
+        (b'{"Image": "b", "StopTimeout": 1e400}', "1e400"),
+        (b'{"Image": "b", "StopTimeout": NaN}', "NaN"),
+        (b'{"Image": "b", "StopTimeout": -Infinity}', "-Infinity"),
+    ],
+)
+async def test_hostile_json_body_400(served: Api, body: bytes, phrase: str) -> None:
+    reply = await served.request("POST", "/containers/create", body=body)
+    assert reply.status == 400
+    message = reply.json()["message"]
+    assert "invalid JSON in the request body" in message
+    assert phrase in message
+
+
+async def test_hostile_filters_400(served: Api) -> None:
+    deep = quote("[" * 5000 + "]" * 5000)
+    reply = await served.request("GET", f"/containers/json?filters={deep}")
+    assert reply.status == 400
+    assert "nested deeper than" in reply.json()["message"]
+
+
+async def test_long_version_prefix_400(served: Api) -> None:
+    reply = await served.request("GET", "/v" + "1" * 5000 + ".1/info")
+    assert reply.status == 400
+    message = reply.json()["message"]
+    assert "invalid API version" in message
+    assert "(5002 characters)" in message
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "since=inf",
+        "since=nan",
+        "since=-inf",
+        "since=1e400",
+        "since=" + "9" * 400,
+        "since=-5",
+        "since=0x10",
+        "until=inf",
+        "until=nan",
+        "until=1e400",
+    ],
+)
+async def test_events_absurd_time_400(served: Api, query: str) -> None:
+    reply = await served.request("GET", f"/events?{query}")
+    assert reply.status == 400
+    name = query.partition("=")[0]
+    assert f"invalid query parameter {name}=" in reply.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "signal", ["SIGRTMIN", "RTMAX", "SIGRTMIN+1", "SIGIOT", "0", "65", "1" * 5000]
+)
+async def test_kill_invalid_signal_400(served: Api, signal: str) -> None:
+    await import_tiny(served)
+    await create(served, {"Image": "tiny:1", "Cmd": ["true"]}, "target")
+    reply = await served.request("POST", f"/containers/target/kill?signal={signal}")
+    assert reply.status == 400
+    assert "invalid signal" in reply.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "status"),
+    [(-5, 400), (-2, 400), (MAX_STOP_TIMEOUT + 1, 400), (-1, 201), (0, 201)],
+)
+async def test_create_stop_timeout_range(
+    served: Api, seconds: int, status: int
+) -> None:
+    await import_tiny(served)
+    body = {"Image": "tiny:1", "Cmd": ["true"], "StopTimeout": seconds}
+    reply = await create(served, body)
+    assert reply.status == status
+    if status == 400:
+        assert f"StopTimeout {seconds}" in reply.json()["message"]
+
+
+@pytest.mark.parametrize("signal", ["SIGRTMIN", "NOPE", "65"])
+async def test_create_invalid_stop_signal_400(served: Api, signal: str) -> None:
+    await import_tiny(served)
+    body = {"Image": "tiny:1", "Cmd": ["true"], "StopSignal": signal}
+    reply = await create(served, body)
+    assert reply.status == 400
+    message = reply.json()["message"]
+    assert "StopSignal" in message
+    assert repr(signal) in message
+
+
+async def test_create_stop_signal_normalized(served: Api) -> None:
+    await import_tiny(served)
+    reply = await create(
+        served, {"Image": "tiny:1", "Cmd": ["true"], "StopSignal": "int"}, "calm"
+    )
+    assert reply.status == 201
+    inspected = (await served.request("GET", "/containers/calm/json")).json()
+    assert inspected["Config"]["StopSignal"] == "SIGINT"
+
+
+@pytest.mark.parametrize("value", ["-2", "-5", str(MAX_STOP_TIMEOUT + 1), "9" * 5000])
+async def test_stop_invalid_timeout_400(served: Api, value: str) -> None:
+    await import_tiny(served)
+    await create(served, {"Image": "tiny:1", "Cmd": ["true"]}, "stoppable")
+    for action in ("stop", "restart"):
+        reply = await served.request(
+            "POST", f"/containers/stoppable/{action}?t={value}"
+        )
+        assert reply.status == 400, action
+        assert "invalid query parameter t=" in reply.json()["message"]
+
+
+async def test_stop_minus_one_passed_through(
+    served: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graces: list[float | None] = []
+
+    async def record_stop(
+        self: Daemon, reference: str, grace: float | None = None
+    ) -> bool:
+        graces.append(grace)
+        return False
+
+    monkeypatch.setattr(Daemon, "stop_container", record_stop)
+    reply = await served.request("POST", "/containers/any/stop?t=-1")
+    assert reply.status == 304
+    assert graces == [-1]
+
+
+def truncated(archive: bytes) -> bytes:
+    return archive[: len(archive) // 2]
+
+
+def corrupted(archive: bytes) -> bytes:
+    middle = len(archive) // 2
+    flipped = bytes(byte ^ 0x5A for byte in archive[middle : middle + 500])
+    return archive[:middle] + flipped + archive[middle + 500 :]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda tar: truncated(gzip.compress(tar)),
+        lambda tar: truncated(lzma.compress(tar)),
+        lambda tar: corrupted(lzma.compress(tar)),
+    ],
+    ids=["gzip-truncated", "xz-truncated", "xz-corrupted"],
+)
+async def test_damaged_compressed_import_400(served: Api, damage: Any) -> None:
+    tar = make_tar({f"file{index}": os.urandom(50_000) for index in range(3)})
+    reply = await served.request(
+        "POST", "/images/create?fromSrc=-&repo=damaged", body=damage(tar)
+    )
+    assert reply.status == 400
+    assert "archive" in reply.json()["message"]
+    assert (await served.request("GET", "/images/json")).json() == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EOFError("Compressed file ended before the end-of-stream marker was reached"),
+        zlib.error("Error -3 while decompressing data: invalid block type"),
+        gzip.BadGzipFile("CRC check failed"),
+        lzma.LZMAError("Corrupt input data"),
+        OSError("Invalid data stream"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+async def test_import_decompression_error_400(
+    served: Api, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    # The image store may let a decompressor's error through, and the route
+    # must still respond with a 400.
+    async def failing_import(self: Daemon, source: Any, **options: Any) -> None:
+        async for _chunk in source:
+            pass
+        raise error
+
+    monkeypatch.setattr(Daemon, "import_image", failing_import)
+    reply = await served.request(
+        "POST", "/images/create?fromSrc=-&repo=damaged", body=TINY_TAR
+    )
+    assert reply.status == 400
+    assert reply.json()["message"].startswith(
+        f"invalid image archive: {type(error).__name__}: {error}"
+    )
+
+
+async def test_import_system_error_stays_500(
+    served: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing_import(self: Daemon, source: Any, **options: Any) -> None:
+        async for _chunk in source:
+            pass
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Daemon, "import_image", failing_import)
+    reply = await served.request(
+        "POST", "/images/create?fromSrc=-&repo=full", body=TINY_TAR
+    )
+    assert reply.status == 500
+    assert reply.json()["message"].startswith("internal error: OSError:")
+
+
+# --- Internal errors ------------------------------------------------------------------
+
+
+async def test_internal_error_logged_500(
+    served: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_images(self: Daemon) -> None:
+        raise ValueError("the image index is unreadable")
+
+    monkeypatch.setattr(Daemon, "images", broken_images)
+    reply = await served.request("GET", "/v1.43/images/json")
+    assert reply.status == 500
+    assert reply.json() == {
+        "message": "internal error: ValueError: the image index is unreadable"
+    }
+    logged = [
+        record
+        for record in caplog.records
+        if "GET /v1.43/images/json" in record.getMessage()
+    ]
+    assert len(logged) == 1
+    assert logged[0].levelno == logging.ERROR
+    assert logged[0].exc_info is not None
+    assert logged[0].exc_info[0] is ValueError
 
 
 # --- The socket -----------------------------------------------------------------------

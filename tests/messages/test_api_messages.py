@@ -133,6 +133,91 @@ def test_create_rejects_unusable_body(body: Any, phrase: str) -> None:
     assert phrase in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "seconds", [api.WAIT_FOREVER, 0, 10, api.MAX_STOP_TIMEOUT, None]
+)
+def test_create_stop_timeout_accepted(seconds: int | None) -> None:
+    body = {"Image": "b", "StopTimeout": seconds}
+    assert api.decode_create_container(body).stop_timeout == seconds
+
+
+@pytest.mark.parametrize("seconds", [-2, -5, api.MAX_STOP_TIMEOUT + 1, 2**63 - 1])
+def test_create_stop_timeout_out_of_range(seconds: int) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        api.decode_create_container({"Image": "b", "StopTimeout": seconds})
+    assert f"StopTimeout {seconds} is out of range" in str(caught.value)
+    assert str(api.MAX_STOP_TIMEOUT) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("", ""), ("int", "SIGINT"), ("SIGUSR1", "SIGUSR1"), ("9", "9")],
+)
+def test_create_stop_signal_normalized(given: str, stored: str) -> None:
+    body = {"Image": "b", "StopSignal": given}
+    assert api.decode_create_container(body).stop_signal == stored
+
+
+@pytest.mark.parametrize("given", ["SIGRTMIN", "NOPE", "0", "65"])
+def test_create_stop_signal_rejected(given: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        api.decode_create_container({"Image": "b", "StopSignal": given})
+    assert "StopSignal: invalid signal" in str(caught.value)
+    assert repr(given) in str(caught.value)
+
+
+def test_wrong_type_message_cuts_value() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        api.decode_create_container({"Image": "b", "Cmd": "x" * 100_000})
+    message = str(caught.value)
+    assert "Cmd:" in message
+    assert "(100000 characters)" in message
+    assert len(message) < 400
+
+
+# --- Client JSON ----------------------------------------------------------------------
+
+
+def test_load_json_accepts_docker_bodies() -> None:
+    text = '{"Image": "b", "StopTimeout": -1, "Labels": {"a": "b"}, "X": [1.5, null]}'
+    assert api.load_json(text) == json.loads(text)
+    assert api.load_json(b'{"n": 9223372036854775807}') == {"n": 2**63 - 1}
+    assert api.load_json(b'{"n": -9223372036854775808}') == {"n": -(2**63)}
+    nested = "[" * api.MAX_JSON_DEPTH + "]" * api.MAX_JSON_DEPTH
+    assert api.load_json(nested) == json.loads(nested)
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 32 levels"),
+        ("[" * 33 + "]" * 33, "nested deeper than 32 levels"),
+        ('{"a": ' * 33 + "1" + "}" * 33, "nested deeper than 32 levels"),
+        ("1" * 5000, "'1111111111"),
+        ("1" * 5000, "(5000 characters) does not fit in 64 bits"),
+        ("9223372036854775808", "does not fit in 64 bits"),
+        ("-9223372036854775809", "does not fit in 64 bits"),
+        ("1e400", "the number '1e400' is too large"),
+        ("-1e400", "the number '-1e400' is too large"),
+        ("NaN", "NaN is not a JSON value"),
+        ("[Infinity]", "Infinity is not a JSON value"),
+        ("{nope", "Expecting property name"),
+        (b"\xff\xfe\xfd", "can't decode"),
+    ],
+)
+def test_load_json_rejects(text: str | bytes, phrase: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        api.load_json(text)
+    assert phrase in str(caught.value)
+
+
+def test_quote_value_cuts_long_text() -> None:
+    assert api.quote_value("short") == "'short'"
+    long = "a" * 1000
+    quoted = api.quote_value(long)
+    assert quoted == repr("a" * api.MAX_QUOTED_CHARS) + "... (1000 characters)"
+
+
 # --- Exec bodies ----------------------------------------------------------------------
 
 
@@ -211,9 +296,36 @@ def test_query_bool_follows_dockerd(values: list[str] | None, expected: bool) ->
 
 def test_query_int_names_parameter() -> None:
     assert api.query_int({"t": ["2"]}, "t") == 2
+    assert api.query_int({"t": ["-1"]}, "t") == -1
     assert api.query_int({}, "t") is None
     with pytest.raises(InvalidRequest, match="t='soon'"):
         api.query_int({"t": ["soon"]}, "t")
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "1e3", "inf", "1.5", "\u0669", "+-1"])
+def test_query_int_rejects(value: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        api.query_int({"limit": [value]}, "limit")
+    message = str(caught.value)
+    assert "invalid query parameter limit=" in message
+    assert len(message) < 200
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("", None), ("-1", -1), ("0", 0), ("10", 10)],
+)
+def test_query_stop_timeout_accepts(value: str | None, expected: int | None) -> None:
+    query = {} if value is None else {"t": [value]}
+    assert api.query_stop_timeout(query, "t") == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["-2", "-100", str(api.MAX_STOP_TIMEOUT + 1), "9" * 5000, "nan"]
+)
+def test_query_stop_timeout_rejects(value: str) -> None:
+    with pytest.raises(InvalidRequest, match="invalid query parameter t="):
+        api.query_stop_timeout({"t": [value]}, "t")
 
 
 @pytest.mark.parametrize(
@@ -239,6 +351,14 @@ def test_check_api_version_bounds() -> None:
         api.check_api_version("1.12")
 
 
+@pytest.mark.parametrize("version", ["1" * 5000 + ".1", "1." + "4" * 5000, "12345.1"])
+def test_check_api_version_rejects_long_parts(version: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        api.check_api_version(version)
+    assert "invalid API version" in str(caught.value)
+    assert len(str(caught.value)) < 300
+
+
 def test_multiplexed_media_type_version() -> None:
     assert api.version_at_least("1.43", "1.42")
     assert not api.version_at_least("1.41", "1.42")
@@ -247,16 +367,126 @@ def test_multiplexed_media_type_version() -> None:
 
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [("KILL", "SIGKILL"), ("SIGTERM", "SIGTERM"), ("hup", "SIGHUP"), ("9", "9")],
+    [
+        ("KILL", "SIGKILL"),
+        ("SIGTERM", "SIGTERM"),
+        ("hup", "SIGHUP"),
+        ("sigpwr", "SIGPWR"),
+        ("STKFLT", "SIGSTKFLT"),
+        ("9", "9"),
+        ("09", "9"),
+        ("1", "1"),
+        ("34", "34"),
+        ("64", "64"),
+    ],
 )
 def test_parse_signal_accepts(given: str, expected: str) -> None:
     assert api.parse_signal(given) == expected
 
 
-@pytest.mark.parametrize("given", ["SIGNOPE", "", "999", "-1"])
+@pytest.mark.parametrize(
+    "given",
+    [
+        "SIGNOPE",
+        "",
+        "999",
+        "-1",
+        "0",
+        "65",
+        "SIGRTMIN",
+        "RTMIN",
+        "SIGRTMAX",
+        "SIGRTMIN+3",
+        "SIGIOT",
+        "SIGCLD",
+        "SIGPOLL",
+        "\u0669",
+        "1" * 5000,
+    ],
+)
 def test_parse_signal_rejects(given: str) -> None:
-    with pytest.raises(InvalidRequest, match="invalid signal"):
+    with pytest.raises(InvalidRequest, match="invalid signal") as caught:
         api.parse_signal(given)
+    assert len(str(caught.value)) < 200
+
+
+def test_signal_names_match_runc() -> None:
+    # The Linux signalList of golang.org/x/sys/unix, which runc 1.1 looks
+    # names up in.
+    runc_names = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ]
+    assert frozenset(runc_names) == api.SIGNAL_NAMES
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", 0.0),
+        ("1700000000", 1_700_000_000.0),
+        ("1700000000.5", 1_700_000_000.5),
+        ("1700000000.000000001", 1_700_000_000.000000001),
+        (str(api.MAX_TIMESTAMP), float(api.MAX_TIMESTAMP)),
+    ],
+)
+def test_parse_timestamp_accepts(value: str, expected: float) -> None:
+    assert api.parse_timestamp(value, "since") == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "inf",
+        "-inf",
+        "nan",
+        "1e400",
+        "1e9",
+        "9" * 400,
+        str(api.MAX_TIMESTAMP + 1),
+        "-5",
+        "0x10",
+        "1_000",
+        " 5",
+        "5.",
+        "\u0669",
+        "soon",
+    ],
+)
+def test_parse_timestamp_rejects(value: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        api.parse_timestamp(value, "since")
+    assert "invalid query parameter since=" in str(caught.value)
+    assert len(str(caught.value)) < 300
 
 
 # --- Times and status strings ---------------------------------------------------------
@@ -454,6 +684,9 @@ def test_parse_filters_both_forms() -> None:
         ("[]", "expected a JSON object"),
         ('{"colour":["red"]}', "invalid filter 'colour'"),
         ('{"type":"image"}', "expected a list of strings"),
+        ("[" * 5000 + "]" * 5000, "nested deeper than"),
+        ('{"type": ' + "1" * 5000 + "}", "does not fit in 64 bits"),
+        ('{"type": NaN}', "NaN is not a JSON value"),
     ],
 )
 def test_parse_filters_rejects(text: str, phrase: str) -> None:
@@ -537,3 +770,9 @@ def test_parse_tail(value: str | None, expected: int | None) -> None:
 def test_parse_tail_rejects_words() -> None:
     with pytest.raises(InvalidRequest, match="tail='some'"):
         api.parse_tail("some")
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "\u0669", "-1", "1.5"])
+def test_parse_tail_rejects_numbers(value: str) -> None:
+    with pytest.raises(InvalidRequest, match="invalid query parameter tail="):
+        api.parse_tail(value)
