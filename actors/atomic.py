@@ -1,5 +1,5 @@
 """Crash-safe file writes: a temporary file in the same directory, flushed,
-then renamed over the target, so a reader sees the old content or the new,
+then renamed over the target, so a reader gets the old content or the new,
 never a part of either."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def write_atomically(
     """Replace `path` with `content`; blocking, so call it from a worker thread.
 
     The content is always flushed before the rename, so after a crash the
-    file holds the old content or the new, never a part. With `durable`,
+    file contains the old content or the new, never a part. With `durable`,
     the rename is on disk too when this returns; without it, a crash may
     still leave the old content.
     """

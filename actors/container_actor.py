@@ -118,7 +118,7 @@ class ContainerActor:
         return rootfs_path(self._store.directory(self.id))
 
     def locked_runtime(self) -> RuntimeClient:
-        """The runtime client for the binary this container is locked in to."""
+        """Return the runtime client for the binary this container is locked in to."""
         if self._record.lockin is None:
             raise Conflict(f"container {self._record.name} has never been started")
         return self._host.runtime(self._record.lockin.binary)
@@ -200,7 +200,7 @@ class ContainerActor:
             await self._create_and_start(lockin)
         except BaseException as error:
             with trio.CancelScope(shield=True):
-                await self._undo_start(lockin, error)
+                await self._undo_start(error)
             raise
         logger.info(
             "started container %s (%s) with runtime %s through %s, generation %d",
@@ -280,7 +280,7 @@ class ContainerActor:
         self._bundle_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self._bundle_dir / "config.json").write_bytes(spec)
 
-    async def _undo_start(self, lockin: RuntimeLockIn, error: BaseException) -> None:
+    async def _undo_start(self, error: BaseException) -> None:
         logger.error("start of container %s failed: %s", self.id[:12], error)
         self._run = None
         # runc may have made the container even when create reported failure.

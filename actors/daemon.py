@@ -312,7 +312,7 @@ class Daemon:
     async def _recover(self, record: ContainerRecord) -> ContainerRecord:
         """Settle a record the daemon before this one left mid-operation.
 
-        A record that says running, or created with a lock-in (a start was
+        A record whose status is running, or created with a lock-in (a start was
         under way), belongs to a daemon that died. Its runtime container is
         deleted through the recorded binary and its root filesystem
         unmounted, so it can be started again or removed.

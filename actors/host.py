@@ -1,4 +1,4 @@
-"""The host: everything a container actor asks of the operating system.
+"""The host: everything a container actor needs from the operating system.
 
 `LinuxHost` does it for real: runc through `OciRuntime`, overlay mounts,
 and waiting for container init processes as their subreaper. Race tests
@@ -84,8 +84,8 @@ class RuntimeClient(Protocol):
 
 class Host(Protocol):
     apparmor_enabled: bool
-    # What "all capabilities" means for a privileged container: a process
-    # cannot grant capabilities outside its own bounding set.
+    # The capabilities a privileged container gets: a process cannot grant
+    # capabilities outside its own bounding set.
     privileged_capabilities: tuple[str, ...]
 
     def runtime(self, binary: str) -> RuntimeClient: ...

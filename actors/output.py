@@ -1,6 +1,6 @@
 """Container output, pumped from the runtime's pipes to the log and to attached clients.
 
-The log file holds Docker's multiplexed frames, so `docker logs` without a
+The log file contains Docker's multiplexed frames, so `docker logs` without a
 TTY serves it as it is. An attached client receives frames from the moment
 it attaches until the end of the container's current run, or of its next
 run when it attaches to a container that is not running (as `docker run`

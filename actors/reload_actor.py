@@ -54,7 +54,7 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 @attrs.frozen
 class ConfigSource:
-    """Where configurations come from: daemon.json (if any) and the flags.
+    """The sources of a configuration: daemon.json (if any) and the flags.
 
     With `required` false, a missing file means the embedded defaults, so
     a daemon started without daemon.json picks the file up on a reload

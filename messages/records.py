@@ -34,7 +34,7 @@ def _frozen_labels(value: Mapping[str, str]) -> Mapping[str, str]:
 
 @attrs.frozen
 class ContainerConfig:
-    """What a create request asked for, with the image's defaults applied."""
+    """The settings of a create request, with the image's defaults applied."""
 
     image: str
     image_id: str

@@ -1,4 +1,4 @@
-"""What a reload changed, and the outcome reported to whoever asked for it."""
+"""What a reload changed, and the outcome reported to the requester."""
 
 from __future__ import annotations
 

@@ -3,20 +3,18 @@
 A snapshot is published whole and never changed. Each operation reads one
 snapshot at its start and uses only that snapshot until it ends, so a
 reload that publishes a newer one cannot change what a running operation
-sees.
+reads.
 """
 
 from __future__ import annotations
 
-import posixpath
 import types
 from collections.abc import Mapping
 
 import attrs
 
-from messages.config import BUILTIN_RUNTIME, DaemonConfig, RuntimeConfig
+from messages.config import DaemonConfig, RuntimeConfig
 from messages.errors import InvalidRequest
-from messages.wrapper import WRAPPER_DIRECTORY, wrapper_file_name, wrapper_script
 
 
 def _frozen_runtimes(
@@ -59,33 +57,3 @@ class Snapshot:
                 "Add it to `runtimes` in daemon.json and reload, or pick one of these."
             )
         return runtime
-
-
-def builtin_runtime_config(runc_path: str) -> RuntimeConfig:
-    return RuntimeConfig(path=runc_path)
-
-
-def all_runtime_configs(
-    config: DaemonConfig, runc_path: str
-) -> dict[str, RuntimeConfig]:
-    """Return the configured runtimes plus the built-in one."""
-    return {BUILTIN_RUNTIME: builtin_runtime_config(runc_path), **config.runtimes}
-
-
-def resolve_runtime(
-    name: str, config: RuntimeConfig, path: str, data_root: str
-) -> ResolvedRuntime:
-    """Derive what to execute for a runtime whose executable is `path`.
-
-    `path` is the configured path after any PATH lookup, which is I/O and
-    so is the caller's job.
-    """
-    if not config.runtime_args:
-        return ResolvedRuntime(name=name, config=config, path=path, binary=path)
-    content = wrapper_script(path, config.runtime_args)
-    binary = posixpath.join(
-        data_root, WRAPPER_DIRECTORY, wrapper_file_name(name, content)
-    )
-    return ResolvedRuntime(
-        name=name, config=config, path=path, binary=binary, wrapper=content
-    )

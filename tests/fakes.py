@@ -1,6 +1,6 @@
 """A fake host for race tests, and the dockerd-20.10-style wrapper store.
 
-The fake stands in for runc, overlayfs and process reaping only where a
+The fake replaces runc, overlayfs and process reaping only where a
 test needs control that real parts cannot give: holding a runtime call at
 an exact point while a reload runs, or delaying every call by a virtual
 time the test chooses. Its runtime checks, at every call, that the binary
@@ -62,7 +62,7 @@ class FakeProcess:
 
 
 class Hold:
-    """Holds every call of one operation until released, and says when one arrived."""
+    """Hold every call of one operation until released, and signal when one arrives."""
 
     def __init__(self) -> None:
         self.arrived = trio.Event()

@@ -105,7 +105,7 @@ def test_sighup_storm_ends_on_last_file(daemon: DaemonProcess) -> None:
         env=daemon.env,
     )
     try:
-        # The events stream is open once the CLI has its first answer; a
+        # The events stream is open once the CLI has its first response; a
         # reload issued through the API shows it is reading.
         assert daemon.dockyard("reload").code == 0
         assert events.stdout is not None

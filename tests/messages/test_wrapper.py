@@ -18,7 +18,7 @@ from messages.wrapper import (
     wrapper_script,
 )
 
-# Prints its arguments as JSON, so the test sees exactly what it received.
+# Prints its arguments as JSON, so the test gets exactly what it received.
 ARGV_PRINTER = "#!{python}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n"
 
 
