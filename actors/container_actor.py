@@ -30,9 +30,9 @@ import trio
 from actors.actor import SerialActor
 from actors.container_store import ContainerStore
 from actors.events import EventBus
-from actors.host import Host, RuntimeClient, remove_tree, rootfs_path
+from actors.host import Host, RunHandle, RuntimeClient, remove_tree, rootfs_path
 from actors.output import OutputHub
-from actors.rootfs_files import resolve_container_user
+from actors.rootfs_files import read_container_user
 from messages import records
 from messages.errors import Conflict, DockyardError, RuntimeFailed
 from messages.execspec import DEFAULT_CAPABILITIES, select_apparmor_profile
@@ -60,9 +60,19 @@ WAIT_CONDITIONS = (WAIT_NOT_RUNNING, WAIT_NEXT_EXIT, WAIT_REMOVED)
 class _Run:
     """One run of the container, from runtime create to exit."""
 
-    pid: int
+    handle: RunHandle
     exited: trio.Event = attrs.Factory(trio.Event)
     exit_code: int | None = None
+    # Whether the runtime deleted its container itself when it exited.
+    runtime_deleted: bool = False
+
+
+@attrs.define(eq=False)
+class _Write:
+    """A record write in flight."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: OSError | None = None
 
 
 class ContainerActor:
@@ -96,6 +106,8 @@ class ContainerActor:
         # Whether this actor mounted the root filesystem and has not yet
         # unmounted it; the daemon's start-up recovery unmounts older ones.
         self._mounted = False
+        # The record write that the operation did not wait for, if any.
+        self._write: _Write | None = None
         self._exit_changed = trio.Event()
         self.removed = trio.Event()
         self.output = OutputHub(store.log_path(record.id))
@@ -152,7 +164,7 @@ class ContainerActor:
     async def shut_down(self, grace: float) -> None:
         """Stop the container for a daemon shutdown, then stop the actor."""
         try:
-            await self._actor.call(lambda: self._stop(grace))
+            await self._actor.call(lambda: self._stop_for_shutdown(grace))
         finally:
             self.close()
 
@@ -214,26 +226,29 @@ class ContainerActor:
         return True
 
     async def _create_and_start(self, lockin: RuntimeLockIn) -> None:
+        # The lock-in is on disk before the runtime is first called, so a
+        # daemon that dies from here on can still find the binary that owns
+        # it. Its write overlaps the mount and the bundle, which do not
+        # need it.
+        await self._save_in_background(
+            attrs.evolve(self._record, lockin=lockin), durable=True
+        )
         container_dir = self._store.directory(self.id)
         rootfs = await self._host.mount_rootfs(self._image_rootfs, container_dir)
         self._mounted = True
-        spec = await self._spec(rootfs, lockin)
-        await trio.to_thread.run_sync(self._write_bundle, spec)
-        # The lock-in is on disk before the runtime is first called, so a
-        # daemon that dies from here on can still find the binary that owns it.
-        await self._save(attrs.evolve(self._record, lockin=lockin), durable=True)
+        # One worker thread call reads the account files, builds the spec
+        # and writes it.
+        await trio.to_thread.run_sync(self._write_bundle, rootfs, lockin)
+        await self._settle_writes(raise_error=True)
         runtime = self._host.runtime(lockin.binary)
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
         try:
-            # One runtime call creates and starts it; the lock-in above is
-            # already durable, so nothing needs the gap between the two.
-            pid = await runtime.run_detached(
-                self.id,
-                str(self._bundle_dir),
-                str(self._bundle_dir / "init.pid"),
-                stdout=stdout_write,
-                stderr=stderr_write,
+            # One runtime process creates and starts it, waits for it and
+            # deletes it; the lock-in above is already durable, so nothing
+            # needs the gaps between those steps.
+            handle = await runtime.run(
+                self.id, str(self._bundle_dir), stdout=stdout_write, stderr=stderr_write
             )
         except BaseException:
             os.close(stdout_read)
@@ -242,23 +257,25 @@ class ContainerActor:
         finally:
             os.close(stdout_write)
             os.close(stderr_write)
-        run = _Run(pid=pid)
+        run = _Run(handle=handle)
         self._run = run
         self._nursery.start_soon(
             self.output.pump, {STDOUT: stdout_read, STDERR: stderr_read}
         )
-        # Watched from here on, so that an init killed by a failed start is
-        # reaped too; its reap is queued behind this operation.
+        # Watched from here on, so that the runtime process of a start that
+        # fails after this point is waited for too; its reap is queued
+        # behind this operation.
         self._nursery.start_soon(self._watch_exit, run)
         self._runtime_container = True
         state = ContainerState(
-            status=records.RUNNING, pid=pid, started_at=self._clock()
+            status=records.RUNNING, pid=handle.pid, started_at=self._clock()
         )
-        await self._save(attrs.evolve(self._record, state=state), durable=False)
+        await self._save_in_background(attrs.evolve(self._record, state=state))
 
-    async def _spec(self, rootfs: Path, lockin: RuntimeLockIn) -> bytes:
+    def _write_bundle(self, rootfs: Path, lockin: RuntimeLockIn) -> None:
+        """Write the bundle's config.json; blocking, for a worker thread."""
         config = self._record.config
-        user = await resolve_container_user(rootfs, config.user)
+        user = read_container_user(rootfs, config.user)
         env = with_default_path(config.env)
         if not any(entry.startswith("HOME=") for entry in env):
             env = (*env, f"HOME={user.home}")
@@ -274,11 +291,8 @@ class ContainerActor:
             capabilities=DEFAULT_CAPABILITIES,
             all_capabilities=self._host.privileged_capabilities,
         )
-        return spec_to_json(spec)
-
-    def _write_bundle(self, spec: bytes) -> None:
         self._bundle_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self._bundle_dir / "config.json").write_bytes(spec)
+        (self._bundle_dir / "config.json").write_bytes(spec_to_json(spec))
 
     async def _undo_start(self, error: BaseException) -> None:
         logger.error("start of container %s failed: %s", self.id[:12], error)
@@ -299,10 +313,13 @@ class ContainerActor:
 
     async def _watch_exit(self, run: _Run) -> None:
         try:
-            code = await self._host.wait_for_exit(run.pid)
+            ended = await run.handle.wait()
         except Exception as error:
             logger.error("lost track of container %s: %s", self.id[:12], error)
             code = -1
+        else:
+            code = ended.code
+            run.runtime_deleted = ended.runtime_deleted
         run.exit_code = code
         run.exited.set()
         # A closed actor means a shutdown or a removal has reaped it already.
@@ -315,8 +332,9 @@ class ContainerActor:
             return
         self._run = None
         code = run.exit_code if run.exit_code is not None else -1
+        if run.runtime_deleted:
+            self._runtime_container = False
         await self._delete_runtime_container()
-        await self._unmount()
         state = attrs.evolve(
             self._record.state,
             status=records.EXITED,
@@ -324,7 +342,8 @@ class ContainerActor:
             exit_code=code,
             finished_at=self._clock(),
         )
-        await self._save(attrs.evolve(self._record, state=state), durable=False)
+        await self._save_in_background(attrs.evolve(self._record, state=state))
+        await self._unmount()
         logger.info("container %s exited with code %d", self.id[:12], code)
         self._emit("die", exitCode=str(code))
         changed, self._exit_changed = self._exit_changed, trio.Event()
@@ -337,6 +356,11 @@ class ContainerActor:
             await self.remove(force=False)
         except (DockyardError, trio.ClosedResourceError) as error:
             logger.error("auto-remove of container %s failed: %s", self.id[:12], error)
+
+    async def _stop_for_shutdown(self, grace: float) -> None:
+        await self._stop(grace)
+        # The daemon's nursery is cancelled next, which would drop the write.
+        await self._settle_writes()
 
     async def _stop(self, grace: float | None) -> bool:
         run = self._run
@@ -393,6 +417,8 @@ class ContainerActor:
         await self._delete_runtime_container()
         await self._unmount()
         await trio.to_thread.run_sync(remove_tree, self._bundle_dir)
+        # A write still in flight would create the directory again.
+        await self._settle_writes()
         await self._store.remove(self.id)
         logger.info("removed container %s (%s)", self.id[:12], self._record.name)
         self._emit("destroy")
@@ -430,8 +456,49 @@ class ContainerActor:
         A lost state change is settled by the recovery at the next daemon
         start, which deletes the runtime container through the lock-in.
         """
+        await self._settle_writes()
         await self._store.save(record, durable=durable)
         self._record = record
+
+    async def _save_in_background(
+        self, record: ContainerRecord, *, durable: bool = False
+    ) -> None:
+        """Take `record` now and write it while the operation goes on.
+
+        Writes land in order: each later write, and the removal, waits
+        for this one first. A failure is logged, and raised by the next
+        `_settle_writes(raise_error=True)`.
+        """
+        await self._settle_writes()
+        self._record = record
+        write = _Write()
+        self._write = write
+
+        async def save() -> None:
+            try:
+                await self._store.save(record, durable=durable)
+            except OSError as error:
+                logger.error(
+                    "writing the record of container %s failed: %s",
+                    self.id[:12],
+                    error,
+                )
+                write.error = error
+            finally:
+                write.done.set()
+
+        self._nursery.start_soon(save)
+
+    async def _settle_writes(self, *, raise_error: bool = False) -> None:
+        """Wait for the write in flight, if any."""
+        write = self._write
+        if write is None:
+            return
+        await write.done.wait()
+        if self._write is write:
+            self._write = None
+        if raise_error and write.error is not None:
+            raise write.error
 
     async def _quietly(self, step: Awaitable[object]) -> None:
         """Await a clean-up step, logging a failure instead of raising it."""

@@ -421,7 +421,7 @@ async def open_daemon(
     if wrappers is None:
         wrappers = WrapperStore(data_root / WRAPPER_DIRECTORY)
     if host is None:
-        host = LinuxHost(exec_root / "runc")
+        host = LinuxHost(exec_root / "runc", exec_root / "pids")
     snapshot = await build_initial_snapshot(source, wrappers, lookup)
     config = ConfigActor(snapshot)
     events = EventBus()
@@ -445,6 +445,7 @@ async def open_daemon(
         referenced = {r.lockin.binary for r in loaded if r.lockin is not None}
         referenced.update(runtime.binary for runtime in snapshot.runtimes.values())
         await trio.to_thread.run_sync(wrappers.collect, referenced)
+        await nursery.start(host.run_background)
         await nursery.start(reloads.run)
         logger.info(
             "daemon started: data-root %s, exec-root %s, generation %d",

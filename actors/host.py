@@ -1,7 +1,9 @@
 """The host: everything a container actor needs from the operating system.
 
 `LinuxHost` does it for real: runc through `OciRuntime`, overlay mounts,
-and waiting for container init processes as their subreaper. Race tests
+and the watcher of the pid files that `runc run` writes. The daemon is
+also a child subreaper, so that a container whose runc dies is still its
+child. Race tests
 pass a fake host instead, whose runtime checks at every call that the
 binary it was invoked through exists; that is the only reason this seam
 exists.
@@ -18,7 +20,8 @@ from typing import Any, Protocol
 import trio
 
 from actors import reaper, rootfs
-from actors.runtime import OciRuntime, preflight
+from actors.pidfiles import PidFileWatcher
+from actors.runtime import OciRuntime, RunExit, preflight
 from messages.execspec import ALL_CAPABILITIES, bounding_capabilities
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,15 @@ APPARMOR_ENABLED_FILE = Path("/sys/module/apparmor/parameters/enabled")
 
 class ExecHandle(Protocol):
     async def wait(self) -> int: ...
+
+
+class RunHandle(Protocol):
+    """A started container whose runtime process waits for it to exit."""
+
+    @property
+    def pid(self) -> int: ...
+
+    async def wait(self) -> RunExit: ...
 
 
 class RuntimeClient(Protocol):
@@ -48,16 +60,15 @@ class RuntimeClient(Protocol):
         stdin: int | None = None,
     ) -> int: ...
 
-    async def run_detached(
+    async def run(
         self,
         container_id: str,
         bundle: str,
-        pid_file: str,
         *,
         stdout: int,
         stderr: int,
         stdin: int | None = None,
-    ) -> int: ...
+    ) -> RunHandle: ...
 
     async def start(self, container_id: str) -> None: ...
 
@@ -98,7 +109,10 @@ class Host(Protocol):
 
     async def unmount_rootfs(self, container_dir: Path) -> None: ...
 
-    async def wait_for_exit(self, pid: int) -> int: ...
+    async def run_background(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The host's own tasks, run in the daemon's nursery until cancelled."""
 
 
 def rootfs_path(container_dir: Path) -> Path:
@@ -106,16 +120,20 @@ def rootfs_path(container_dir: Path) -> Path:
 
 
 class LinuxHost:
-    """The real host: runc with its state under `state_root`, overlayfs, pidfds."""
+    """The real host: runc with its state under `state_root`, overlayfs, and
+    runc's pid files under `pid_directory`."""
 
-    def __init__(self, state_root: Path) -> None:
+    def __init__(self, state_root: Path, pid_directory: Path) -> None:
         self.state_root = state_root
+        self.pid_files = PidFileWatcher(pid_directory)
         self.apparmor_enabled = _apparmor_enabled()
         self.privileged_capabilities = _own_bounding_set()
         reaper.become_subreaper()
 
     def runtime(self, binary: str) -> RuntimeClient:
-        return OciRuntime(binary=binary, state_root=str(self.state_root))
+        return OciRuntime(
+            binary=binary, state_root=str(self.state_root), pid_files=self.pid_files
+        )
 
     def preflight(self, runtime_name: str, binary: str, wrapped: str | None) -> None:
         preflight(runtime_name, binary, wrapped)
@@ -125,9 +143,12 @@ class LinuxHost:
         upper, work = container_dir / "upper", container_dir / "work"
 
         def mount() -> None:
+            # A target made just now cannot be a mount point, which spares
+            # reading the whole mount table.
+            fresh = not target.exists()
             for directory in (upper, work, target):
                 directory.mkdir(parents=True, exist_ok=True)
-            if not rootfs.is_mounted(target):
+            if fresh or not rootfs.is_mounted(target):
                 rootfs.mount_overlay(image_rootfs, upper, work, target)
 
         await trio.to_thread.run_sync(mount)
@@ -137,8 +158,10 @@ class LinuxHost:
         target = rootfs_path(container_dir)
         await trio.to_thread.run_sync(rootfs.unmount, target)
 
-    async def wait_for_exit(self, pid: int) -> int:
-        return await reaper.wait_for_exit(pid)
+    async def run_background(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self.pid_files.run(task_status=task_status)
 
 
 def _own_bounding_set() -> tuple[str, ...]:

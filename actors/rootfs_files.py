@@ -72,6 +72,11 @@ def read_text_in_root(root: Path, path: str) -> str | None:
 
 async def resolve_container_user(root: Path, spec: str) -> ResolvedUser:
     """Resolve a `--user` value against the container's own account files."""
-    passwd = await trio.to_thread.run_sync(read_text_in_root, root, "/etc/passwd")
-    group = await trio.to_thread.run_sync(read_text_in_root, root, "/etc/group")
+    return await trio.to_thread.run_sync(read_container_user, root, spec)
+
+
+def read_container_user(root: Path, spec: str) -> ResolvedUser:
+    """The blocking form of resolve_container_user, for a worker thread."""
+    passwd = read_text_in_root(root, "/etc/passwd")
+    group = read_text_in_root(root, "/etc/group")
     return resolve_user(spec, passwd, group)

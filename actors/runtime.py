@@ -12,8 +12,8 @@ running container manageable across reloads:
   Dockyard never lists or changes containers that another runc user owns.
 
 runc runs with `--log-format json`. Where runc's stderr is captured, the
-`msg` of its error lines becomes the message of RuntimeFailed. `create` and
-`exec` give runc the container's stdio, so for them runc's own errors are
+`msg` of its error lines becomes the message of RuntimeFailed. `run`, `create`
+and `exec` give runc the container's stdio, so for them runc's own errors are
 read back from a `--log` file instead.
 
 Every runc process starts in a new session, so a Ctrl-C in the daemon's
@@ -29,12 +29,14 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
+from actors.pidfiles import PidFileWatcher
 from messages.errors import InvalidRequest, RuntimeFailed
 
 logger = logging.getLogger(__name__)
@@ -44,8 +46,8 @@ logger = logging.getLogger(__name__)
 # a whole stack trace, so the end of the output is kept.
 MAX_QUOTED_OUTPUT = 2000
 
-# File in the bundle directory to which `runc create` writes its errors,
-# because its stderr is the container's stderr.
+# File in the bundle directory to which `runc run` and `runc create` write
+# their errors, because their stderr is the container's stderr.
 CREATE_LOG_NAME = "runc-create.log"
 
 # The exit status of sh when the command it execs is not found, so also the
@@ -80,25 +82,119 @@ class OciRuntime:
 
     binary: str
     state_root: str
+    # Needed by `run` only; the daemon's host passes its watcher.
+    pid_files: PidFileWatcher | None = attrs.field(default=None, eq=False)
 
-    async def run_detached(
+    async def run(
         self,
         container_id: str,
         bundle: str,
-        pid_file: str,
         *,
         stdout: int,
         stderr: int,
         stdin: int | None = None,
-    ) -> int:
-        """Create and start the container in one `runc run --detach` call.
+    ) -> ContainerRun:
+        """Create and start the container with a foreground `runc run`.
 
-        The same as `create` followed by `start`, with one runtime process
-        fewer; `create` documents the descriptors, errors and reaping.
+        Returns once the container's process runs, with runc still running:
+        runc waits for the container, deletes it when it exits, and exits
+        with its exit status. That is one runtime process per run, where
+        `create`, `start` and `delete` take three. ContainerRun.wait()
+        returns the exit.
+
+        The descriptors are the container's stdio, through runc, which
+        copies them in non-terminal mode. With stdin None the container
+        reads /dev/null. runc writes its errors to `<bundle>/runc-create.log`,
+        and they become the message of RuntimeFailed when the start fails.
+
+        runc writes the container's pid to a file in `pid_files`' directory
+        once the process has started; the start waits for that file or for
+        runc's exit, whichever comes first. Cancelled before then, runc is
+        killed and waited for, and the caller deletes what it made.
         """
-        return await self._create(
-            ("run", "--detach"), container_id, bundle, pid_file, stdout, stderr, stdin
+        if self.pid_files is None:
+            raise RuntimeError(
+                f"OciRuntime for {self.binary} has no pid file watcher, which "
+                "`run` needs to see the container start"
+            )
+        name = f"{container_id}.pid"
+        pid_file = self.pid_files.path(name)
+        log_file = os.path.join(bundle, CREATE_LOG_NAME)
+        pid_file.unlink(missing_ok=True)
+        Path(log_file).unlink(missing_ok=True)
+        argv = self._argv(
+            "--log",
+            log_file,
+            "run",
+            "--bundle",
+            bundle,
+            "--pid-file",
+            str(pid_file),
+            container_id,
         )
+        stdin_fd = subprocess.DEVNULL if stdin is None else stdin
+
+        with self.pid_files.expect(name) as written:
+            try:
+                process = await trio.lowlevel.open_process(
+                    argv,
+                    stdin=stdin_fd,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+            except (FileNotFoundError, PermissionError) as error:
+                raise self._binary_missing("run", container_id, error) from error
+            try:
+                await _first_of(written.wait, process.wait)
+                await self._wait_started(process, pid_file, name)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    process.kill()
+                    await process.wait()
+                raise
+
+        if not pid_file.exists():
+            assert process.returncode is not None
+            pid_file.unlink(missing_ok=True)
+            message = _last_error_in_log(log_file)
+            if message is None:
+                message = (
+                    f"runc wrote no pid file and no error to {log_file}, so look "
+                    "for the runtime's output in the container's stderr"
+                )
+            raise _command_failed(
+                self.binary,
+                "run",
+                container_id,
+                _docker_exit_code(process.returncode),
+                message,
+            )
+
+        pid = _read_pid_file(str(pid_file), self.binary, "run", container_id)
+        logger.info("run: container %s, init pid %d", container_id, pid)
+        return ContainerRun(
+            process=process,
+            runtime=self,
+            container_id=container_id,
+            pid=pid,
+            pid_file=pid_file,
+            log_file=log_file,
+        )
+
+    async def _wait_started(
+        self, process: trio.Process, pid_file: Path, name: str
+    ) -> None:
+        """Wait again while neither the pid file nor runc's exit has been seen.
+
+        Only an overflow of the watcher's queue wakes a start without either.
+        """
+        assert self.pid_files is not None
+        while not pid_file.exists() and process.returncode is None:
+            with self.pid_files.expect(name) as written:
+                if pid_file.exists():
+                    return
+                await _first_of(written.wait, process.wait)
 
     async def create(
         self,
@@ -127,27 +223,13 @@ class OciRuntime:
         re-parented to the daemon when `runc create` exits, and
         actors.reaper.wait_for_exit(pid) can return its exit code.
         """
-        return await self._create(
-            ("create",), container_id, bundle, pid_file, stdout, stderr, stdin
-        )
-
-    async def _create(
-        self,
-        subcommand: tuple[str, ...],
-        container_id: str,
-        bundle: str,
-        pid_file: str,
-        stdout: int,
-        stderr: int,
-        stdin: int | None,
-    ) -> int:
-        name = " ".join(subcommand)
+        name = "create"
         log_file = os.path.join(bundle, CREATE_LOG_NAME)
         Path(log_file).unlink(missing_ok=True)
         argv = self._argv(
             "--log",
             log_file,
-            *subcommand,
+            "create",
             "--bundle",
             bundle,
             "--pid-file",
@@ -346,6 +428,60 @@ class OciRuntime:
         )
 
 
+@attrs.frozen
+class RunExit:
+    """How a foreground run ended.
+
+    `code` is docker-style: the exit status, or 128 + the signal number.
+    `runtime_deleted` says that the runtime deleted the container itself;
+    when false, the caller deletes it through the locked-in binary.
+    """
+
+    code: int
+    runtime_deleted: bool
+
+
+@attrs.frozen(eq=False)
+class ContainerRun:
+    """A container's foreground `runc run`, from its start to its exit."""
+
+    process: trio.Process
+    runtime: OciRuntime
+    container_id: str
+    pid: int
+    pid_file: Path
+    log_file: str
+
+    async def wait(self) -> RunExit:
+        """Wait for runc to exit and return how the container ended.
+
+        runc exits with the container's status after deleting it. When runc
+        was killed by a signal, or logged an error, the container may still
+        exist (its init is then this daemon's child, as a subreaper), so
+        `runtime_deleted` is false.
+        """
+        returncode = await self.process.wait()
+        self.pid_file.unlink(missing_ok=True)
+        if returncode < 0:
+            logger.error(
+                "runc run for container %s was killed by signal %d; the "
+                "container is deleted through %s",
+                self.container_id,
+                -returncode,
+                self.runtime.binary,
+            )
+            return RunExit(code=_docker_exit_code(returncode), runtime_deleted=False)
+        error = _last_error_in_log(self.log_file)
+        if error is not None:
+            logger.warning(
+                "runc run for container %s exited with %d and logged: %s",
+                self.container_id,
+                returncode,
+                error,
+            )
+        return RunExit(code=returncode, runtime_deleted=error is None)
+
+
 @attrs.frozen(eq=False)
 class ExecProcess:
     """A `runc exec` running in the foreground for one exec'd process.
@@ -523,6 +659,18 @@ def _quote(output: str) -> str:
     if len(text) > MAX_QUOTED_OUTPUT:
         return "..." + text[-MAX_QUOTED_OUTPUT:]
     return text
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of `waits` returns, cancelling the others."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait_then_cancel(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(wait_then_cancel, wait)
 
 
 def _docker_exit_code(returncode: int) -> int:

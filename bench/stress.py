@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import resource
 import shutil
 import statistics
@@ -166,6 +167,8 @@ class Tally:
     reload_intervals: list[float] = attrs.field(factory=list)
     # MiB by label, one value per run.
     rss_mib: dict[str, list[float]] = attrs.field(factory=dict)
+    # The daemon's child processes with phase A running, one entry per run.
+    children_memory: list[dict[str, float]] = attrs.field(factory=list)
 
     def add(self, kind: str, seconds: float) -> None:
         self.latencies.setdefault(kind, []).append(seconds)
@@ -224,6 +227,31 @@ def memory_mib(field: str) -> float:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def child_memory_mib() -> tuple[int, float, float]:
+    """Return the count, RssAnon and VmRSS in MiB of this process's children.
+
+    With the daemon in this process, those are the foreground `runc run`
+    processes, one per running container, and any runc exec running.
+    Their file pages (the runc binary) are shared, so VmRSS counts them
+    once per process while the machine holds them once.
+    """
+    count, anonymous, resident = 0, 0.0, 0.0
+    own = os.getpid()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines()
+            )
+        except (OSError, ValueError):
+            continue
+        if int(fields.get("PPid", "0").strip()) != own:
+            continue
+        count += 1
+        anonymous += int(fields.get("RssAnon", "0 kB").split()[0]) / 1024
+        resident += int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    return count, anonymous, resident
 
 
 async def chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
@@ -412,6 +440,10 @@ async def stress(settings: Settings, root: Path, tally: Tally) -> None:
             await run.run_phase("A", settings.containers, PHASE_A_RUNTIMES)
         phase_a_seconds = time.perf_counter() - began
         rss = tally.note_rss("with phase A running", "VmRSS")
+        children, anonymous, resident = child_memory_mib()
+        tally.children_memory.append(
+            {"processes": children, "rss_anon_mib": anonymous, "vm_rss_mib": resident}
+        )
         print(
             f"phase A: {len(daemon.containers())} running after "
             f"{phase_a_seconds:.1f} s, RSS {rss:.1f} MiB",
@@ -594,12 +626,26 @@ def _verdict_lines(settings: Settings, tally: Tally, start_ratio: float) -> list
         f"containers running: {with_phase_a:.1f} MiB, with "
         f"{2 * settings.containers}: {with_both:.1f} MiB. Peak (VmHWM) over all "
         f"runs: {peak:.1f} MiB (target < {RSS_TARGET_MB:.0f} MB: {_verdict(rss_met)})",
+        _children_line(settings, tally),
         f"reloads committed: {len(tally.reload_changes)} of "
         f"{settings.reloads * settings.runs}, one every {interval_ms:.0f} ms. "
         f"Phase B starts during which a reload committed: "
         f"{tally.overlapping_starts} of {starts_b}",
         f"CPU time, summed over {settings.runs} run(s): {cpu}",
     ]
+
+
+def _children_line(settings: Settings, tally: Tally) -> str:
+    if not tally.children_memory:
+        return "child processes: not measured"
+    first = tally.children_memory[0]
+    return (
+        f"child processes of the daemon with {settings.containers} containers "
+        f"running, first run: {first['processes']:.0f} (one foreground runc "
+        f"each), {first['rss_anon_mib']:.1f} MiB anonymous memory in all, "
+        f"{first['vm_rss_mib']:.1f} MiB resident counting runc's shared file "
+        "pages once per process"
+    )
 
 
 def _document(
@@ -621,6 +667,10 @@ def _document(
             for key, values in tally.rss_mib.items()
         },
         "rss_target_mb": RSS_TARGET_MB,
+        "children_memory": [
+            {key: round(value, 1) for key, value in entry.items()}
+            for entry in tally.children_memory
+        ],
         "failures": tally.failures,
         "unmanageable": tally.unmanageable,
         "reload_changes": tally.reload_changes,

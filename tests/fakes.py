@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from actors.runtime import RuntimeBinaryMissing, preflight
+from actors.runtime import RunExit, RuntimeBinaryMissing, preflight
 from actors.wrappers import WrapperStore
 from messages.execspec import ALL_CAPABILITIES
 from messages.snapshot import ResolvedRuntime
@@ -86,6 +86,9 @@ class FakeMachine:
         self.delay: Callable[[str, str], Awaitable[None]] | None = None
         # Raised by every exec's wait, as runc's failure to start a process.
         self.exec_failure: Exception | None = None
+        # Whether a run deletes its container when the process exits, as a
+        # foreground `runc run` does unless runc itself is killed.
+        self.run_deletes = True
         # Container id to the pid of its fake init process.
         self.containers: dict[str, int] = {}
         self._next_pid = FIRST_FAKE_PID
@@ -139,6 +142,28 @@ class FakeExec:
         return self._process.exit_code
 
 
+class FakeRun:
+    """A fake `runc run`, which deletes its container when the process exits."""
+
+    def __init__(
+        self, machine: FakeMachine, container_id: str, process: FakeProcess
+    ) -> None:
+        self._machine = machine
+        self._container_id = container_id
+        self._process = process
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    async def wait(self) -> RunExit:
+        await self._process.exited.wait()
+        deleted = self._machine.run_deletes
+        if deleted and self._machine.containers.get(self._container_id) == self.pid:
+            del self._machine.containers[self._container_id]
+        return RunExit(code=self._process.exit_code, runtime_deleted=deleted)
+
+
 @attrs.define
 class FakeRuntime:
     machine: FakeMachine
@@ -161,22 +186,19 @@ class FakeRuntime:
         self.machine.containers[container_id] = process.pid
         return process.pid
 
-    async def run_detached(
+    async def run(
         self,
         container_id: str,
         bundle: str,
-        pid_file: str,
         *,
         stdout: int,
         stderr: int,
         stdin: int | None = None,
-    ) -> int:
-        """`runc run --detach`: recorded as the create and start it performs."""
-        pid = await self.create(
-            container_id, bundle, pid_file, stdout=stdout, stderr=stderr
-        )
+    ) -> FakeRun:
+        """Foreground `runc run`: recorded as the create and start it performs."""
+        pid = await self.create(container_id, bundle, "", stdout=stdout, stderr=stderr)
         await self.start(container_id)
-        return pid
+        return FakeRun(self.machine, container_id, self.machine.processes[pid])
 
     async def start(self, container_id: str) -> None:
         await self.machine.enter("start", container_id, self.binary)
@@ -244,10 +266,10 @@ class FakeHost:
     async def unmount_rootfs(self, container_dir: Path) -> None:
         pass
 
-    async def wait_for_exit(self, pid: int) -> int:
-        process = self.machine.processes[pid]
-        await process.exited.wait()
-        return process.exit_code
+    async def run_background(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
 
 
 class ReplacingWrapperStore(WrapperStore):

@@ -20,6 +20,7 @@ from conftest import chunks_of, tiny_image_tar
 from fakes import FakeHost, FakeMachine
 from race_scenarios import Setup
 
+from actors import container_actor
 from actors.container_store import ContainerStore
 from actors.daemon import Daemon, open_daemon
 from actors.wrappers import WrapperStore
@@ -119,9 +120,27 @@ async def test_stop_signals_then_reaps(
     record = daemon.container(container_id)
     assert record.state.status == records.EXITED
     assert record.state.exit_code == 128 + 15
+    # The foreground run deleted its container when it exited.
     operations = [call.operation for call in machine.calls_for(container_id)]
-    assert operations == ["create", "start", "kill", "delete"]
+    assert operations == ["create", "start", "kill"]
     assert not await daemon.stop_container(container_id)
+
+
+async def test_run_that_did_not_delete_is_deleted_through_lockin(
+    autojump_clock: trio.testing.MockClock, daemon: Daemon, machine: FakeMachine
+) -> None:
+    # As when runc itself is killed: the container may outlive it.
+    machine.run_deletes = False
+    container_id = await _create(daemon)
+    await daemon.start_container(container_id)
+    lockin = daemon.container(container_id).lockin
+    assert lockin is not None
+    assert await daemon.stop_container(container_id, grace=2)
+    calls = machine.calls_for(container_id)
+    assert [call.operation for call in calls] == ["create", "start", "kill", "delete"]
+    assert calls[-1].binary == lockin.binary
+    await daemon.remove_container(container_id)
+    assert len(machine.calls_for(container_id)) == len(calls)
 
 
 async def test_stop_kills_after_grace(
@@ -375,3 +394,99 @@ async def test_interrupted_start_is_cleaned_at_restart(
         operations = [call.operation for call in machine.calls_for(container_id)]
         assert operations == ["delete"]
         assert await daemon.start_container("half")
+
+
+class SlowStore(ContainerStore):
+    """A store whose writes of one status take virtual seconds."""
+
+    slow_status = records.RUNNING
+    delay = 5.0
+
+    async def save(
+        self, record: records.ContainerRecord, *, durable: bool = True
+    ) -> None:
+        if record.state.status == self.slow_status:
+            await trio.sleep(self.delay)
+        await super().save(record, durable=durable)
+
+
+def _on_disk(setup: Setup, container_id: str) -> Path:
+    return Path(setup.flags.data_root or "") / "containers" / container_id
+
+
+@pytest.mark.parametrize("slow_status", [records.RUNNING, records.EXITED])
+async def test_record_writes_land_in_order(
+    autojump_clock: trio.testing.MockClock,
+    setup: Setup,
+    machine: FakeMachine,
+    monkeypatch: pytest.MonkeyPatch,
+    slow_status: str,
+) -> None:
+    # The start and the reap do not wait for their writes; a write still in
+    # flight must land before the next one and before the removal.
+    monkeypatch.setattr(SlowStore, "slow_status", slow_status)
+    monkeypatch.setattr("actors.daemon.ContainerStore", SlowStore)
+    async with _open(setup, machine) as daemon:
+        await daemon.import_image(chunks_of(tiny_image_tar()), reference="tiny")
+        container_id = await _create(daemon)
+        started = trio.current_time()
+        await daemon.start_container(container_id)
+        assert trio.current_time() - started < SlowStore.delay
+        await daemon.stop_container(container_id, grace=1)
+        record = json.loads((_on_disk(setup, container_id) / "record.json").read_text())
+        assert record["container"]["state"]["status"] in (
+            records.RUNNING,
+            records.EXITED,
+        )
+        removed = await _create(daemon, name="removed")
+        await daemon.start_container(removed)
+        await daemon.stop_container(removed, grace=1)
+        await daemon.remove_container(removed)
+        assert not _on_disk(setup, removed).exists()
+    # The shutdown waited for the last write.
+    record = json.loads((_on_disk(setup, container_id) / "record.json").read_text())
+    assert record["container"]["state"]["status"] == records.EXITED
+    assert record["container"]["state"]["exit_code"] == 128 + signal.SIGTERM
+
+
+class ExitFirstStore(ContainerStore):
+    """A store whose running-state write waits until the exit is on disk."""
+
+    exit_written = trio.Event()
+    running_written = trio.Event()
+
+    async def save(
+        self, record: records.ContainerRecord, *, durable: bool = True
+    ) -> None:
+        if record.state.status == records.RUNNING:
+            await self.exit_written.wait()
+        await super().save(record, durable=durable)
+        if record.state.status == records.EXITED:
+            self.exit_written.set()
+        if record.state.status == records.RUNNING:
+            self.running_written.set()
+
+
+async def test_negative_control_unordered_writes_lose_the_exit(
+    autojump_clock: trio.testing.MockClock,
+    setup: Setup,
+    machine: FakeMachine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without the wait for the write in flight, the running-state write can
+    # land after the exit, and the record on disk then says running.
+    async def no_wait(self: object, *, raise_error: bool = False) -> None:
+        return None
+
+    monkeypatch.setattr(container_actor.ContainerActor, "_settle_writes", no_wait)
+    monkeypatch.setattr(ExitFirstStore, "exit_written", trio.Event())
+    monkeypatch.setattr(ExitFirstStore, "running_written", trio.Event())
+    monkeypatch.setattr("actors.daemon.ContainerStore", ExitFirstStore)
+    async with _open(setup, machine) as daemon:
+        await daemon.import_image(chunks_of(tiny_image_tar()), reference="tiny")
+        container_id = await _create(daemon)
+        await daemon.start_container(container_id)
+        await daemon.stop_container(container_id, grace=1)
+        await ExitFirstStore.running_written.wait()
+    record = json.loads((_on_disk(setup, container_id) / "record.json").read_text())
+    assert record["container"]["state"]["status"] == records.RUNNING

@@ -1,5 +1,8 @@
 """The OCI runtime client, the reaper and overlay mounts against the real kernel.
 
+Foreground runs need the pid file watcher too, which the `watcher` fixture
+runs in a nursery for the test.
+
 Tests marked `real` run busybox containers with runc under a runc `--root` in
 the test's temporary directory, so they never see other runc users'
 containers. They need root, runc, busybox-static and overlayfs. Without them
@@ -16,13 +19,14 @@ import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
+from actors.pidfiles import PidFileWatcher
 from actors.reaper import (
     ExitStatusUnavailable,
     become_subreaper,
@@ -31,6 +35,7 @@ from actors.reaper import (
 )
 from actors.rootfs import is_mounted, mount_overlay, unmount
 from actors.runtime import (
+    ContainerRun,
     ExecProcess,
     OciRuntime,
     RuntimeBinaryMissing,
@@ -784,3 +789,183 @@ def test_mount_missing_lower_raises(overlay_dirs: dict[str, Path]) -> None:
     assert str(target) in message
     assert "ENOENT" in message
     assert not is_mounted(target)
+
+
+# Foreground runs: `runc run` waits for the container and deletes it.
+
+
+@pytest.fixture
+async def watcher(tmp_path: Path) -> AsyncIterator[PidFileWatcher]:
+    pid_files = PidFileWatcher(tmp_path / "pids")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pid_files.run)
+        yield pid_files
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def running(state_root: Path, watcher: PidFileWatcher) -> OciRuntime:
+    return OciRuntime(binary=RUNC, state_root=str(state_root), pid_files=watcher)
+
+
+async def run_with_pipes(
+    runtime: OciRuntime, bundle: Path, container_id: str
+) -> tuple[ContainerRun, int, int]:
+    """Run a container whose stdout and stderr are pipes; return their read ends."""
+    stdout_read, stdout_write = os.pipe()
+    stderr_read, stderr_write = os.pipe()
+    try:
+        run = await runtime.run(
+            container_id, str(bundle), stdout=stdout_write, stderr=stderr_write
+        )
+    except BaseException:
+        os.close(stdout_read)
+        os.close(stderr_read)
+        raise
+    finally:
+        os.close(stdout_write)
+        os.close(stderr_write)
+    return run, stdout_read, stderr_read
+
+
+async def start_run_sleeper(
+    runtime: OciRuntime, tmp_path: Path, rootfs: Path
+) -> tuple[str, ContainerRun]:
+    container_id = new_container_id()
+    bundle = write_bundle(tmp_path / container_id, rootfs, ["sleep", "100000"])
+    run, stdout_read, stderr_read = await run_with_pipes(runtime, bundle, container_id)
+    os.close(stdout_read)
+    os.close(stderr_read)
+    return container_id, run
+
+
+@pytest.mark.real
+async def test_run_output_exit_status_and_self_delete(
+    running: OciRuntime, tmp_path: Path, rootfs: Path
+) -> None:
+    container_id = new_container_id()
+    script = "echo hello; echo oops >&2; exit 3"
+    bundle = write_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", script])
+
+    run, stdout_read, stderr_read = await run_with_pipes(running, bundle, container_id)
+    stdout = await read_until_eof(stdout_read)
+    stderr = await read_until_eof(stderr_read)
+    ended = await run.wait()
+
+    assert run.pid > 0
+    assert (stdout, stderr) == (b"hello\n", b"oops\n")
+    assert ended.code == 3
+    assert ended.runtime_deleted
+    assert not run.pid_file.exists()
+    with pytest.raises(RuntimeCommandFailed, match="container does not exist"):
+        await running.state(container_id)
+
+
+@pytest.mark.real
+async def test_run_returns_while_the_container_runs(
+    running: OciRuntime, tmp_path: Path, rootfs: Path
+) -> None:
+    container_id, run = await start_run_sleeper(running, tmp_path, rootfs)
+
+    state = await running.state(container_id)
+    assert state["status"] == "running"
+    assert state["pid"] == run.pid
+
+    # The container's init ignores SIGTERM without a handler, as any pid 1.
+    await running.kill(container_id, signal.SIGKILL)
+    ended = await run.wait()
+    assert ended.code == 128 + signal.SIGKILL
+    assert ended.runtime_deleted
+
+
+@pytest.mark.real
+async def test_run_failure_names_runc_error(
+    running: OciRuntime, tmp_path: Path, rootfs: Path
+) -> None:
+    container_id = new_container_id()
+    bundle = write_bundle(tmp_path / "bundle", rootfs, ["/no/such/program"])
+
+    with pytest.raises(RuntimeCommandFailed) as failure:
+        await run_with_pipes(running, bundle, container_id)
+
+    message = str(failure.value)
+    assert f"{RUNC} run {container_id} failed" in message
+    assert "/no/such/program" in failure.value.runtime_message
+    assert not running.pid_files or not any(running.pid_files.directory.iterdir())
+
+
+@pytest.mark.real
+async def test_run_through_wrapper(
+    watcher: PidFileWatcher,
+    state_root: Path,
+    wrapper: Path,
+    tmp_path: Path,
+    rootfs: Path,
+) -> None:
+    runtime = OciRuntime(
+        binary=str(wrapper), state_root=str(state_root), pid_files=watcher
+    )
+    bundle = write_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", "exit 5"])
+
+    run, stdout_read, stderr_read = await run_with_pipes(
+        runtime, bundle, new_container_id()
+    )
+    os.close(stdout_read)
+    os.close(stderr_read)
+
+    assert (await run.wait()).code == 5
+    calls = (tmp_path / "wrapper-calls").read_text()
+    assert f"--root {state_root}" in calls
+    assert " run --bundle " in calls
+
+
+@pytest.mark.real
+async def test_killed_runc_leaves_container_to_delete(
+    running: OciRuntime, tmp_path: Path, rootfs: Path
+) -> None:
+    container_id, run = await start_run_sleeper(running, tmp_path, rootfs)
+
+    run.process.kill()
+    ended = await run.wait()
+
+    # SIGKILL cannot be forwarded, so the container outlives its runc.
+    assert ended.code == 128 + signal.SIGKILL
+    assert not ended.runtime_deleted
+    assert (await running.state(container_id))["status"] == "running"
+    await running.delete(container_id, force=True)
+    # The daemon is a subreaper, so the orphaned init is its child now.
+    assert await wait_for_exit(run.pid) == 128 + signal.SIGKILL
+
+
+@pytest.mark.real
+async def test_cancelled_start_kills_and_waits_for_runtime(
+    watcher: PidFileWatcher, state_root: Path, tmp_path: Path, rootfs: Path
+) -> None:
+    fifo = tmp_path / "spawned"
+    os.mkfifo(fifo)
+    # A runtime that announces itself and then never starts the container.
+    slow = write_executable(
+        tmp_path / "slow-runtime",
+        f"#!/bin/sh\necho $$ > '{fifo}'\nexec sleep 100000\n",
+    )
+    runtime = OciRuntime(
+        binary=str(slow), state_root=str(state_root), pid_files=watcher
+    )
+    bundle = write_bundle(tmp_path / "bundle", rootfs, ["true"])
+    shell_pid: list[int] = []
+
+    async def cancel_once_spawned(scope: trio.CancelScope) -> None:
+        text = await trio.to_thread.run_sync(fifo.read_text)
+        shell_pid.append(int(text))
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(cancel_once_spawned, scope)
+            with contextlib.suppress(RuntimeCommandFailed):
+                await run_with_pipes(runtime, bundle, new_container_id())
+    assert scope.cancelled_caught
+
+    # The runtime process was killed and waited for: no zombie is left.
+    with pytest.raises(ProcessLookupError):
+        os.kill(shell_pid[0], 0)
