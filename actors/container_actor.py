@@ -334,7 +334,10 @@ class ContainerActor:
         code = run.exit_code if run.exit_code is not None else -1
         if run.runtime_deleted:
             self._runtime_container = False
-        await self._delete_runtime_container()
+        else:
+            await self._delete_runtime_container()
+            # The init outlived its runtime process and is the daemon's child.
+            self._nursery.start_soon(run.handle.reap_orphan)
         state = attrs.evolve(
             self._record.state,
             status=records.EXITED,
@@ -391,9 +394,13 @@ class ContainerActor:
         with trio.move_on_after(KILL_GRACE):
             await run.exited.wait()
         if not run.exited.is_set():
+            runtime_pid = run.handle.runtime_pid
             raise RuntimeFailed(
                 f"container {self._record.name} did not exit {KILL_GRACE}s after "
-                f"SIGKILL through {runtime.binary}; check `runc state` for it"
+                f"SIGKILL through {runtime.binary}: its runtime process "
+                f"{runtime_pid}, which reports the exit, has not exited. Check "
+                f"whether that process is stopped (`ps -o pid,stat -p "
+                f"{runtime_pid}`) and the container's state (`runc state`)."
             )
 
     async def _kill(self, signal: str) -> None:
@@ -416,10 +423,14 @@ class ContainerActor:
         self._record = attrs.evolve(self._record, state=state)
         await self._delete_runtime_container()
         await self._unmount()
-        await trio.to_thread.run_sync(remove_tree, self._bundle_dir)
         # A write still in flight would create the directory again.
         await self._settle_writes()
-        await self._store.remove(self.id)
+        discarded = self._store.discard(self.id)
+        # The files go after the removal has returned: the record is gone,
+        # and the bundle is never used again, as container ids are unique.
+        if discarded is not None:
+            self._nursery.start_soon(self._store.purge, discarded)
+        self._nursery.start_soon(self._store.purge, self._bundle_dir)
         logger.info("removed container %s (%s)", self.id[:12], self._record.name)
         self._emit("destroy")
         self.output.end_attachments()

@@ -168,7 +168,11 @@ class Daemon:
         record = ContainerRecord(
             id=container_id, name=name, created=time.time(), config=config
         )
-        await self._store.save(record)
+        # Flushed and renamed into place, as dockerd checkpoints a container,
+        # but the directory is not synced, so a power loss right after the
+        # create may lose the container. The lock-in that a start writes
+        # before it calls the runtime is synced with its directory.
+        await self._store.save(record, durable=False)
         self._register(record)
         logger.info("created container %s (%s)", container_id[:12], name)
         self._events.emit(

@@ -1,9 +1,11 @@
-"""The daemon as parent of container init processes, and waiting for their exit.
+"""The daemon as parent of orphaned container init processes, and waiting for
+their exit.
 
 `runc create` forks the container's init process and exits, which leaves the
-init orphaned. Linux re-parents an orphan to its nearest ancestor that is a
-child subreaper, so once the daemon has called become_subreaper(), the init
-processes of the containers it creates are its children. Only a parent can
+init orphaned, and so does a foreground `runc run` that is killed. Linux
+re-parents an orphan to its nearest ancestor that is a child subreaper, so
+once the daemon has called become_subreaper(), those init processes are its
+children. Only a parent can
 read a child's exit status, and a child's pid cannot be reused before its
 parent waits for it, so wait_for_exit(pid) on such a child is free of pid
 reuse races.

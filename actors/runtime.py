@@ -23,6 +23,7 @@ interrupts a runc call halfway.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from typing import Any
 import attrs
 import trio
 
+from actors import reaper
 from actors.pidfiles import PidFileWatcher
 from messages.errors import InvalidRequest, RuntimeFailed
 
@@ -49,6 +51,11 @@ MAX_QUOTED_OUTPUT = 2000
 # File in the bundle directory to which `runc run` and `runc create` write
 # their errors, because their stderr is the container's stderr.
 CREATE_LOG_NAME = "runc-create.log"
+
+# How often a start checks for runc's pid file besides the watcher's event:
+# a backstop for an event that is lost, for example while the pid file
+# directory is being replaced, so it can be long.
+PID_FILE_RECHECK_SECONDS = 1.0
 
 # The exit status of sh when the command it execs is not found, so also the
 # exit status of a wrapper script whose runtime binary is missing.
@@ -120,8 +127,14 @@ class OciRuntime:
         name = f"{container_id}.pid"
         pid_file = self.pid_files.path(name)
         log_file = os.path.join(bundle, CREATE_LOG_NAME)
-        pid_file.unlink(missing_ok=True)
-        Path(log_file).unlink(missing_ok=True)
+        for stale in (pid_file, Path(log_file)):
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError as error:
+                raise RuntimeFailed(
+                    f"cannot remove {stale} before running container "
+                    f"{container_id}: {error.strerror or error}. Remove it by hand."
+                ) from error
         argv = self._argv(
             "--log",
             log_file,
@@ -146,32 +159,19 @@ class OciRuntime:
             except (FileNotFoundError, PermissionError) as error:
                 raise self._binary_missing("run", container_id, error) from error
             try:
-                await _first_of(written.wait, process.wait)
-                await self._wait_started(process, pid_file, name)
+                await self._wait_started(process, pid_file, name, written)
+                pid = self._started_pid(process, pid_file, log_file, container_id)
             except BaseException:
+                # NOTE: when runc had started the container, its init outlives
+                # the kill; the caller deletes the container, and its init then
+                # stays a zombie child of the daemon, because its pid is unknown.
                 with trio.CancelScope(shield=True):
                     process.kill()
                     await process.wait()
+                with contextlib.suppress(OSError):
+                    pid_file.unlink(missing_ok=True)
                 raise
 
-        if not pid_file.exists():
-            assert process.returncode is not None
-            pid_file.unlink(missing_ok=True)
-            message = _last_error_in_log(log_file)
-            if message is None:
-                message = (
-                    f"runc wrote no pid file and no error to {log_file}, so look "
-                    "for the runtime's output in the container's stderr"
-                )
-            raise _command_failed(
-                self.binary,
-                "run",
-                container_id,
-                _docker_exit_code(process.returncode),
-                message,
-            )
-
-        pid = _read_pid_file(str(pid_file), self.binary, "run", container_id)
         logger.info("run: container %s, init pid %d", container_id, pid)
         return ContainerRun(
             process=process,
@@ -183,18 +183,42 @@ class OciRuntime:
         )
 
     async def _wait_started(
-        self, process: trio.Process, pid_file: Path, name: str
+        self, process: trio.Process, pid_file: Path, name: str, written: trio.Event
     ) -> None:
-        """Wait again while neither the pid file nor runc's exit has been seen.
+        """Wait until runc has written the pid file or has exited.
 
-        Only an overflow of the watcher's queue wakes a start without either.
+        The watcher's event is the usual wake-up. The file is also checked
+        every PID_FILE_RECHECK_SECONDS, so that an event the watcher could
+        not deliver costs that long and not a hang.
         """
         assert self.pid_files is not None
-        while not pid_file.exists() and process.returncode is None:
-            with self.pid_files.expect(name) as written:
-                if pid_file.exists():
-                    return
+        while True:
+            with trio.move_on_after(PID_FILE_RECHECK_SECONDS):
                 await _first_of(written.wait, process.wait)
+            if pid_file.exists() or process.returncode is not None:
+                return
+            written = self.pid_files.renew(name)
+
+    def _started_pid(
+        self, process: trio.Process, pid_file: Path, log_file: str, container_id: str
+    ) -> int:
+        """Return the pid that runc wrote, or raise why the start failed."""
+        if pid_file.exists():
+            return _read_pid_file(str(pid_file), self.binary, "run", container_id)
+        assert process.returncode is not None
+        message = _last_error_in_log(log_file)
+        if message is None:
+            message = (
+                f"runc wrote no pid file and no error to {log_file}, so look "
+                "for the runtime's output in the container's stderr"
+            )
+        raise _command_failed(
+            self.binary,
+            "run",
+            container_id,
+            _docker_exit_code(process.returncode),
+            message,
+        )
 
     async def create(
         self,
@@ -480,6 +504,30 @@ class ContainerRun:
                 error,
             )
         return RunExit(code=returncode, runtime_deleted=error is None)
+
+    @property
+    def runtime_pid(self) -> int:
+        """The pid of the `runc run` process that waits for the container."""
+        return self.process.pid
+
+    async def reap_orphan(self) -> None:
+        """Wait for the init of a container whose runc was killed, and reap it.
+
+        Such an init is the daemon's child, as its subreaper, once runc is
+        gone, and it would stay a zombie after it exits. Returns at once when
+        it is not the daemon's child.
+        """
+        try:
+            code = await reaper.wait_for_exit(self.pid)
+        except reaper.ExitStatusUnavailable as error:
+            logger.info("container %s: %s", self.container_id, error)
+            return
+        logger.info(
+            "reaped init %d of container %s, which outlived its runc, code %d",
+            self.pid,
+            self.container_id,
+            code,
+        )
 
 
 @attrs.frozen(eq=False)

@@ -20,10 +20,11 @@ Four contenders:
   bridge, through the same docker CLI.
 
 All contenders are set up first. Then each round runs both workloads once
-on every contender, in an order rotated by one each round, so that no
-contender always goes first, and drift of the machine spreads over all of
-them. Warm-up rounds are not counted. A contender that cannot start is
-reported with its command and error, and the others still run.
+on every contender, in a random order drawn anew each round from `--seed`.
+So each contender runs after each other one about equally often, and drift
+of the machine spreads over all of them. Warm-up rounds are not counted.
+A contender that cannot start is reported with its command and error, and
+the others still run.
 
 The in-process daemon is set up first, because it makes this process a
 child subreaper: the raw runc container's init then becomes a child of
@@ -43,6 +44,7 @@ import io
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -92,12 +94,30 @@ SOCKET_POLL_SECONDS = 0.2
 LISTENING = "API listening on unix://"
 # The lines of a daemon's log quoted when it fails to start.
 LOG_TAIL_LINES = 15
+# Runtime state goes where a host keeps it: /run, a tmpfs on most hosts.
+# /dev/shm is a tmpfs that every Linux host has.
+DEFAULT_STATE_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # Exit status after Ctrl-C, as shells report SIGINT.
 INTERRUPTED_STATUS = 130
 
 
 class Unavailable(Exception):
     """A contender that cannot run on this machine, with the reason as message."""
+
+
+@attrs.frozen
+class Roots:
+    """Where a contender keeps its files, and where its runtime state goes.
+
+    `state` holds runc's `--root` and the daemons' exec roots, which a host
+    keeps under /run, a tmpfs on most Linux hosts; `files` holds the rest.
+    """
+
+    files: Path
+    state: Path
+
+    def part(self, name: str) -> Roots:
+        return Roots(files=self.files / name, state=self.state / name)
 
 
 async def command(
@@ -168,15 +188,19 @@ class Contender(Protocol):
 class RawRunc:
     """runc with a bundle on a plain directory: no daemon, no overlay mount."""
 
-    root: Path
+    roots: Roots
     runc: str
     name: str = "runc"
     version: str = ""
     runs: int = 0
 
     @property
+    def root(self) -> Path:
+        return self.roots.files
+
+    @property
     def state(self) -> str:
-        return str(self.root / "state")
+        return str(self.roots.state / "state")
 
     async def set_up(self, stack: contextlib.AsyncExitStack) -> None:
         self.version = (await command([self.runc, "--version"])).splitlines()[0]
@@ -264,7 +288,7 @@ def _extract(tar: bytes, target: Path) -> None:
 class DockyardApi:
     """Dockyard in this process, driven through the embedding API."""
 
-    root: Path
+    roots: Roots
     name: str = "dockyard-api"
     version: str = ""
     daemon: Daemon | None = None
@@ -273,7 +297,8 @@ class DockyardApi:
     async def set_up(self, stack: contextlib.AsyncExitStack) -> None:
         self.version = await checkout_version()
         flags = DaemonFlags(
-            data_root=str(self.root / "data"), exec_root=str(self.root / "exec")
+            data_root=str(self.roots.files / "data"),
+            exec_root=str(self.roots.state / "exec"),
         )
         daemon = await stack.enter_async_context(open_daemon(flags=flags))
         self.daemon = daemon
@@ -370,9 +395,10 @@ async def stop_process(process: trio.Process, name: str) -> None:
 
 
 async def start_dockyard_cli(
-    root: Path, docker: str, stack: contextlib.AsyncExitStack, nursery: trio.Nursery
+    roots: Roots, docker: str, stack: contextlib.AsyncExitStack, nursery: trio.Nursery
 ) -> DockerCli:
-    """Start a `dockyard daemon` process on `root`, as tests/daemon_process.py does."""
+    """Start a `dockyard daemon` process on `roots`, as tests/daemon_process.py does."""
+    root = roots.files
     config_file = root / "daemon.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text("{}")
@@ -384,7 +410,7 @@ async def start_dockyard_cli(
         "--data-root",
         str(root / "data"),
         "--exec-root",
-        str(root / "exec"),
+        str(roots.state / "exec"),
     ]
     await command([str(DOCKYARD), "import-busybox", *directories])
 
@@ -428,8 +454,9 @@ async def _drain(stream: trio.abc.ReceiveStream) -> None:
             pass
 
 
-def dockerd_argv(root: Path) -> list[str]:
-    """Return dockerd's command line: everything under `root`, no networking."""
+def dockerd_argv(roots: Roots) -> list[str]:
+    """Return dockerd's command line: everything under `roots`, no networking."""
+    root = roots.files
     return [
         "dockerd",
         "--config-file",
@@ -437,7 +464,7 @@ def dockerd_argv(root: Path) -> list[str]:
         "--data-root",
         str(root / "docker"),
         "--exec-root",
-        str(root / "docker-exec"),
+        str(roots.state / "docker-exec"),
         "--pidfile",
         str(root / "docker.pid"),
         "-H",
@@ -449,9 +476,10 @@ def dockerd_argv(root: Path) -> list[str]:
 
 
 async def start_dockerd(
-    root: Path, docker: str, stack: contextlib.AsyncExitStack
+    roots: Roots, docker: str, stack: contextlib.AsyncExitStack
 ) -> DockerCli:
-    """Start dockerd on `root`, wait for its socket and import busybox into it."""
+    """Start dockerd on `roots`, wait for its socket and import busybox into it."""
+    root = roots.files
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise Unavailable("dockerd is not on PATH; install it with `make bench-peers`")
@@ -459,7 +487,7 @@ async def start_dockerd(
     root.mkdir(parents=True, exist_ok=True)
     # An empty daemon.json of its own, so that /etc/docker/daemon.json is not read.
     (root / "daemon.json").write_text("{}")
-    argv = dockerd_argv(root)
+    argv = dockerd_argv(roots)
     argv[0] = dockerd
 
     # dockerd's containerd leaves its shims orphaned. This process is a child
@@ -472,7 +500,7 @@ async def start_dockerd(
         process = await trio.lowlevel.open_process(
             launched, stdout=log, stderr=log, stdin=subprocess.DEVNULL
         )
-    stack.push_async_callback(stop_dockerd, process, root)
+    stack.push_async_callback(stop_dockerd, process, roots)
 
     contender = DockerCli(
         name="dockerd",
@@ -514,15 +542,15 @@ async def start_dockerd(
     return contender
 
 
-async def stop_dockerd(process: trio.Process, root: Path) -> None:
+async def stop_dockerd(process: trio.Process, roots: Roots) -> None:
     """Stop dockerd, then make sure the containerd it started has exited too."""
     await stop_process(process, "dockerd")
     # dockerd 20.10 writes the pid of the containerd it manages here.
-    pid_file = root / "docker-exec" / "containerd" / "containerd.pid"
+    pid_file = roots.state / "docker-exec" / "containerd" / "containerd.pid"
     with contextlib.suppress(OSError, ValueError):
         pid = int(pid_file.read_text())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if str(root).encode() in cmdline:
+        if str(roots.state).encode() in cmdline:
             logger.error("containerd %d outlived dockerd; stopping it", pid)
             os.kill(pid, signal.SIGTERM)
 
@@ -564,9 +592,9 @@ class Outcome:
 
 
 async def side_by_side(
-    root: Path, rounds: int, warmup: int, selected: Sequence[str]
+    roots: Roots, rounds: int, warmup: int, selected: Sequence[str], seed: int
 ) -> Outcome:
-    """Set up the selected contenders under `root` and run the rounds."""
+    """Set up the selected contenders under `roots` and run the rounds."""
     contenders: list[Contender] = []
     unavailable: dict[str, str] = {}
     samples = Samples()
@@ -574,15 +602,15 @@ async def side_by_side(
     # tasks, which read the output of those daemons until they exit.
     async with trio.open_nursery() as nursery:
         async with contextlib.AsyncExitStack() as stack:
-            await _set_up(root, selected, stack, nursery, contenders, unavailable)
-            await _run_rounds(contenders, samples, rounds, warmup)
+            await _set_up(roots, selected, stack, nursery, contenders, unavailable)
+            await _run_rounds(contenders, samples, rounds, warmup, seed)
         nursery.cancel_scope.cancel()
     versions = {contender.name: contender.version for contender in contenders}
     return Outcome(samples=samples, versions=versions, unavailable=unavailable)
 
 
 async def _set_up(
-    root: Path,
+    roots: Roots,
     selected: Sequence[str],
     stack: contextlib.AsyncExitStack,
     nursery: trio.Nursery,
@@ -597,33 +625,42 @@ async def _set_up(
     for name in selected:
         try:
             if name == "dockyard-api":
-                api = DockyardApi(root / "api")
+                api = DockyardApi(roots.part("api"))
                 await api.set_up(stack)
                 contenders.append(api)
             elif name == "runc":
-                raw = RawRunc(root / "runc", runc)
+                raw = RawRunc(roots.part("runc"), runc)
                 await raw.set_up(stack)
                 contenders.append(raw)
             elif docker is None:
                 raise Unavailable("the docker CLI is not on PATH")
             elif name == "dockyard-cli":
                 contenders.append(
-                    await start_dockyard_cli(root / "cli", docker, stack, nursery)
+                    await start_dockyard_cli(roots.part("cli"), docker, stack, nursery)
                 )
             elif name == "dockerd":
-                contenders.append(await start_dockerd(root / "dockerd", docker, stack))
+                contenders.append(
+                    await start_dockerd(roots.part("dockerd"), docker, stack)
+                )
         except (Unavailable, RuntimeError, OSError) as error:
             unavailable[name] = str(error)
             print(f"{name} is unavailable: {error}", file=sys.stderr, flush=True)
 
 
 async def _run_rounds(
-    contenders: Sequence[Contender], samples: Samples, rounds: int, warmup: int
+    contenders: Sequence[Contender],
+    samples: Samples,
+    rounds: int,
+    warmup: int,
+    seed: int,
 ) -> None:
+    # A new random order each round. With a fixed rotation, each contender
+    # would nearly always run right after the same one, and dockerd's work
+    # that goes on after its command returns would slow only that one.
+    order = random.Random(seed)
     for index in range(warmup + rounds):
         counted = index >= warmup
-        shift = index % max(1, len(contenders))
-        for contender in [*contenders[shift:], *contenders[:shift]]:
+        for contender in order.sample(list(contenders), len(contenders)):
             for workload in WORKLOADS:
                 await time_workload(samples, contender, workload, counted)
         if counted and (index - warmup + 1) % 10 == 0:
@@ -690,7 +727,9 @@ def _report(outcome: Outcome, rounds: int) -> tuple[dict[str, Any], str]:
         "errors": outcome.samples.errors,
         "stats": stats,
         "ratios": ratios,
-        "dockerd_command": " ".join(dockerd_argv(Path("T"))),
+        "dockerd_command": " ".join(
+            dockerd_argv(Roots(files=Path("T"), state=Path("S")))
+        ),
         "seconds": {
             f"{contender}:{workload}": [round(value, 5) for value in values]
             for (contender, workload), values in seconds.items()
@@ -751,10 +790,10 @@ def _ratio_table(ratios: StatsByWorkload) -> str:
     return markdown_table(("workload", "ratio", "of medians", "of p95s"), rows)
 
 
-def clean_up_all(root: Path) -> None:
+def clean_up_all(roots: Roots) -> None:
     """Delete what a failed run left: runc containers of each part, mounts, files."""
     runc = shutil.which("runc")
-    raw_state = root / "runc" / "state"
+    raw_state = roots.state / "runc" / "state"
     if runc is not None and raw_state.is_dir():
         subprocess.run(
             [runc, "--root", str(raw_state), "delete", "-f", SLEEPER],
@@ -763,9 +802,13 @@ def clean_up_all(root: Path) -> None:
             timeout=COMMAND_TIMEOUT_SECONDS,
         )
     for part in ("api", "cli"):
-        if (root / part).exists():
-            clean_up(root / part)
-    clean_up(root)
+        # Runtime state first: clean_up deletes the runc containers it lists
+        # there, and then the mounts under the files.
+        for directory in (roots.state / part, roots.files / part):
+            if directory.exists():
+                clean_up(directory)
+    clean_up(roots.state)
+    clean_up(roots.files)
 
 
 def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -796,6 +839,18 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="parent of the temporary directory; default: the system's",
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seed of the random order of the contenders in each round; default 1",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help="parent of the runtime state (runc --root, exec roots); default: "
+        f"{DEFAULT_STATE_DIR or 'the system temporary directory'}",
+    )
+    parser.add_argument(
         "--log-level",
         default="WARNING",
         help="level of the in-process daemon's log lines; default WARNING",
@@ -813,23 +868,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parse_arguments(argv)
     logging.basicConfig(level=arguments.log_level.upper())
     selected = _order(arguments.contender or list(CONTENDERS))
-    # A short path, because a Unix socket path is limited to 107 bytes.
-    root = Path(tempfile.mkdtemp(prefix="dysbs-", dir=arguments.tmp_dir))
+    # Short paths, because a Unix socket path is limited to 107 bytes.
+    roots = Roots(
+        files=Path(tempfile.mkdtemp(prefix="dysbs-", dir=arguments.tmp_dir)),
+        state=Path(tempfile.mkdtemp(prefix="dysbs-", dir=arguments.state_dir)),
+    )
     outcome = None
     try:
         outcome = trio.run(
-            side_by_side, root, arguments.rounds, arguments.warmup, selected
+            side_by_side,
+            roots,
+            arguments.rounds,
+            arguments.warmup,
+            selected,
+            arguments.seed,
         )
     except* KeyboardInterrupt:
         print("interrupted; the daemons, containers and files are removed")
     finally:
         try:
-            clean_up_all(root)
+            clean_up_all(roots)
         except (OSError, subprocess.SubprocessError) as error:
-            print(f"cleanup of {root} failed: {error}", file=sys.stderr)
+            print(f"cleanup of {roots} failed: {error}", file=sys.stderr)
     if outcome is None:
         return INTERRUPTED_STATUS
     document, text = _report(outcome, arguments.rounds)
+    document["seed"] = arguments.seed
+    document["state_dir"] = str(roots.state.parent)
+    document["files_dir"] = str(roots.files.parent)
+    text += (
+        f"\nRuntime state under {roots.state.parent}, other files under "
+        f"{roots.files.parent}.\n"
+    )
     print(text)
     if not arguments.no_write:
         for path in write_results("side_by_side", document, text):

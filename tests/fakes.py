@@ -89,6 +89,8 @@ class FakeMachine:
         # Whether a run deletes its container when the process exits, as a
         # foreground `runc run` does unless runc itself is killed.
         self.run_deletes = True
+        # Pids of inits that outlived their run and were reaped.
+        self.reaped_orphans: list[int] = []
         # Container id to the pid of its fake init process.
         self.containers: dict[str, int] = {}
         self._next_pid = FIRST_FAKE_PID
@@ -155,6 +157,13 @@ class FakeRun:
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    @property
+    def runtime_pid(self) -> int:
+        return self._process.pid
+
+    async def reap_orphan(self) -> None:
+        self._machine.reaped_orphans.append(self.pid)
 
     async def wait(self) -> RunExit:
         await self._process.exited.wait()

@@ -135,10 +135,13 @@ async def test_run_that_did_not_delete_is_deleted_through_lockin(
     await daemon.start_container(container_id)
     lockin = daemon.container(container_id).lockin
     assert lockin is not None
+    init_pid = machine.containers[container_id]
     assert await daemon.stop_container(container_id, grace=2)
     calls = machine.calls_for(container_id)
     assert [call.operation for call in calls] == ["create", "start", "kill", "delete"]
     assert calls[-1].binary == lockin.binary
+    await trio.testing.wait_all_tasks_blocked()
+    assert machine.reaped_orphans == [init_pid]
     await daemon.remove_container(container_id)
     assert len(machine.calls_for(container_id)) == len(calls)
 

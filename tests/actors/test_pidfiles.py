@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import trio
 import trio.testing
 
 from actors.pidfiles import PidFileWatcher
+from messages.errors import RuntimeFailed
 
 
 @pytest.fixture
@@ -91,3 +93,48 @@ async def test_stopping_wakes_every_start(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
         assert g.is_set()
         assert h.is_set()
+
+
+async def test_deleted_directory_is_made_and_watched_again(
+    watcher: PidFileWatcher,
+) -> None:
+    with watcher.expect("i.pid") as woken:
+        shutil.rmtree(watcher.directory)
+        # The lost watch wakes every start, so that each checks its file.
+        await woken.wait()
+        assert watcher.directory.is_dir()
+        written = watcher.renew("i.pid")
+        write_then_rename(watcher.directory, "i.pid", "9")
+        await written.wait()
+
+
+async def test_replaced_directory_is_watched_again(watcher: PidFileWatcher) -> None:
+    with watcher.expect("j.pid") as woken:
+        shutil.rmtree(watcher.directory)
+        watcher.directory.mkdir()
+        await woken.wait()
+        written = watcher.renew("j.pid")
+        watcher.path("j.pid").write_text("10")
+        await written.wait()
+
+
+async def test_stale_files_removed_at_start(tmp_path: Path) -> None:
+    directory = tmp_path / "pids"
+    directory.mkdir()
+    (directory / "old.pid").write_text("1")
+    (directory / ".old.pid").write_text("2")
+    watcher = PidFileWatcher(directory)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        assert list(directory.iterdir()) == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_unusable_directory_names_path_and_fix(tmp_path: Path) -> None:
+    directory = tmp_path / "pids"
+    directory.write_text("not a directory")
+    watcher = PidFileWatcher(directory)
+    with pytest.raises(RuntimeFailed) as failure:
+        await watcher.run()
+    assert str(directory) in str(failure.value)
+    assert "another exec-root" in str(failure.value)

@@ -933,8 +933,42 @@ async def test_killed_runc_leaves_container_to_delete(
     assert not ended.runtime_deleted
     assert (await running.state(container_id))["status"] == "running"
     await running.delete(container_id, force=True)
-    # The daemon is a subreaper, so the orphaned init is its child now.
-    assert await wait_for_exit(run.pid) == 128 + signal.SIGKILL
+    # The test process is a subreaper, so the orphaned init is its child now,
+    # and reap_orphan waits for it: no zombie is left.
+    await run.reap_orphan()
+    with pytest.raises(ProcessLookupError):
+        os.kill(run.pid, 0)
+
+
+@pytest.mark.real
+async def test_unreadable_pid_file_fails_start_and_waits(
+    watcher: PidFileWatcher, state_root: Path, tmp_path: Path, rootfs: Path
+) -> None:
+    marker = tmp_path / "runtime.pid"
+    # A broken runtime: it writes junk as the pid and then keeps running.
+    broken = write_executable(
+        tmp_path / "broken-runtime",
+        "#!/bin/sh\n"
+        f"echo $$ > '{marker}'\n"
+        "while [ $# -gt 0 ]; do\n"
+        '  [ "$1" = --pid-file ] && echo junk > "$2"\n'
+        "  shift\n"
+        "done\n"
+        "exec sleep 100000\n",
+    )
+    runtime = OciRuntime(
+        binary=str(broken), state_root=str(state_root), pid_files=watcher
+    )
+    bundle = write_bundle(tmp_path / "bundle", rootfs, ["true"])
+    container_id = new_container_id()
+
+    with pytest.raises(RuntimeFailed, match="cannot be read as a pid"):
+        await run_with_pipes(runtime, bundle, container_id)
+
+    # The runtime process was killed and waited for, and its pid file removed.
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(marker.read_text()), 0)
+    assert not watcher.path(f"{container_id}.pid").exists()
 
 
 @pytest.mark.real
