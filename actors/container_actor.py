@@ -245,7 +245,7 @@ class ContainerActor:
         stderr_read, stderr_write = os.pipe()
         try:
             # One runtime process creates and starts it, waits for it and
-            # deletes it; the lock-in above is already durable, so nothing
+            # deletes it. The lock-in above is already durable, so nothing
             # needs the gaps between those steps.
             handle = await runtime.run(
                 self.id, str(self._bundle_dir), stdout=stdout_write, stderr=stderr_write
@@ -263,7 +263,7 @@ class ContainerActor:
             self.output.pump, {STDOUT: stdout_read, STDERR: stderr_read}
         )
         # Watched from here on, so that the runtime process of a start that
-        # fails after this point is waited for too; its reap is queued
+        # fails after this point is waited for too. Its reap is queued
         # behind this operation.
         self._nursery.start_soon(self._watch_exit, run)
         self._runtime_container = True

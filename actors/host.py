@@ -117,7 +117,7 @@ class Host(Protocol):
     async def run_background(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """The host's own tasks, run in the daemon's nursery until cancelled."""
+        """Run the host's own tasks in the daemon's nursery until cancelled."""
 
 
 def rootfs_path(container_dir: Path) -> Path:

@@ -114,9 +114,9 @@ class OciRuntime:
         reads /dev/null. runc writes its errors to `<bundle>/runc-create.log`,
         and they become the message of RuntimeFailed when the start fails.
 
-        runc writes the container's pid to a file in `pid_files`' directory
-        once the process has started; the start waits for that file or for
-        runc's exit, whichever comes first. Cancelled before then, runc is
+        runc writes the container's pid to a file in the directory of
+        `pid_files` once the process has started. The start waits for that
+        file or for runc's exit, whichever comes first. Cancelled before then, runc is
         killed and waited for, and the caller deletes what it made.
         """
         if self.pid_files is None:
@@ -163,7 +163,7 @@ class OciRuntime:
                 pid = self._started_pid(process, pid_file, log_file, container_id)
             except BaseException:
                 # NOTE: when runc had started the container, its init outlives
-                # the kill; the caller deletes the container, and its init then
+                # the kill. The caller deletes the container, and that init then
                 # stays a zombie child of the daemon, because its pid is unknown.
                 with trio.CancelScope(shield=True):
                     process.kill()

@@ -109,8 +109,9 @@ class Unavailable(Exception):
 class Roots:
     """Where a contender keeps its files, and where its runtime state goes.
 
-    `state` holds runc's `--root` and the daemons' exec roots, which a host
-    keeps under /run, a tmpfs on most Linux hosts; `files` holds the rest.
+    `state` contains runc's `--root` and the daemons' exec roots, which a
+    host keeps under /run, a tmpfs on most Linux hosts. `files` contains the
+    rest.
     """
 
     files: Path

@@ -86,8 +86,9 @@ STORM_CHANGES = (
 # normally takes well under a second.
 OPERATION_TIMEOUT_SECONDS = 120.0
 # Time a stop may take beyond its grace period before the container counts
-# as unmanageable: SIGKILL, the wait for the exit, `runc delete` and the
-# unmount, with up to FINAL_CONCURRENCY stops at once on a loaded machine.
+# as unmanageable: SIGKILL, the wait for runc to delete the container and
+# exit, and the unmount, with up to FINAL_CONCURRENCY stops at once on a
+# loaded machine.
 # The limit is an estimate: on 2 cores the slowest stop of 1,000 took 0.4 s
 # beyond its grace period.
 STOP_SLACK_SECONDS = 5.0
@@ -235,7 +236,7 @@ def child_memory_mib() -> tuple[int, float, float]:
     With the daemon in this process, those are the foreground `runc run`
     processes, one per running container, and any runc exec running.
     Their file pages (the runc binary) are shared, so VmRSS counts them
-    once per process while the machine holds them once.
+    once per process while the machine keeps one copy.
     """
     count, anonymous, resident = 0, 0.0, 0.0
     own = os.getpid()

@@ -126,7 +126,7 @@ async def test_stop_signals_then_reaps(
     assert not await daemon.stop_container(container_id)
 
 
-async def test_run_that_did_not_delete_is_deleted_through_lockin(
+async def test_undeleted_run_deleted_through_lockin(
     autojump_clock: trio.testing.MockClock, daemon: Daemon, machine: FakeMachine
 ) -> None:
     # As when runc itself is killed: the container may outlive it.
@@ -425,8 +425,8 @@ async def test_record_writes_land_in_order(
     monkeypatch: pytest.MonkeyPatch,
     slow_status: str,
 ) -> None:
-    # The start and the reap do not wait for their writes; a write still in
-    # flight must land before the next one and before the removal.
+    # The start and the reap do not wait for their writes, so a write still
+    # in flight must land before the next one and before the removal.
     monkeypatch.setattr(SlowStore, "slow_status", slow_status)
     monkeypatch.setattr("actors.daemon.ContainerStore", SlowStore)
     async with _open(setup, machine) as daemon:
@@ -477,7 +477,7 @@ async def test_negative_control_unordered_writes_lose_the_exit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Without the wait for the write in flight, the running-state write can
-    # land after the exit, and the record on disk then says running.
+    # land after the exit, and the record on disk then shows running.
     async def no_wait(self: object, *, raise_error: bool = False) -> None:
         return None
 
