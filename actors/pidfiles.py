@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 # A runtime may rename a finished file into place (runc does) or write it
 # in place and close it, so both events count.
 PID_FILE_EVENTS = flags.MOVED_TO | flags.CLOSE_WRITE
-# The watched directory was deleted, moved or unmounted: the watch no
-# longer sees the path. The IN_IGNORED that follows needs nothing more.
+# The watched directory was deleted, moved or unmounted, so the watch no
+# longer reports events for the path. The IN_IGNORED that follows needs nothing more.
 WATCH_LOST = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT
 WATCHED_EVENTS = PID_FILE_EVENTS | flags.DELETE_SELF | flags.MOVE_SELF
 

@@ -76,7 +76,7 @@ async def resolve_container_user(root: Path, spec: str) -> ResolvedUser:
 
 
 def read_container_user(root: Path, spec: str) -> ResolvedUser:
-    """The blocking form of resolve_container_user, for a worker thread."""
+    """Resolve a `--user` value as resolve_container_user does, blocking."""
     passwd = read_text_in_root(root, "/etc/passwd")
     group = read_text_in_root(root, "/etc/group")
     return resolve_user(spec, passwd, group)

@@ -145,19 +145,10 @@ class OciRuntime:
             str(pid_file),
             container_id,
         )
-        stdin_fd = subprocess.DEVNULL if stdin is None else stdin
-
         with self.pid_files.expect(name) as written:
-            try:
-                process = await trio.lowlevel.open_process(
-                    argv,
-                    stdin=stdin_fd,
-                    stdout=stdout,
-                    stderr=stderr,
-                    start_new_session=True,
-                )
-            except (FileNotFoundError, PermissionError) as error:
-                raise self._binary_missing("run", container_id, error) from error
+            process = await self._spawn(
+                "run", container_id, argv, stdin=stdin, stdout=stdout, stderr=stderr
+            )
             try:
                 await self._wait_started(process, pid_file, name, written)
                 pid = self._started_pid(process, pid_file, log_file, container_id)
@@ -380,19 +371,9 @@ class OciRuntime:
             pid_file,
             container_id,
         )
-        stdin_fd = subprocess.DEVNULL if stdin is None else stdin
-
-        try:
-            process = await trio.lowlevel.open_process(
-                argv,
-                stdin=stdin_fd,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        except (FileNotFoundError, PermissionError) as error:
-            raise self._binary_missing("exec", container_id, error) from error
-
+        process = await self._spawn(
+            "exec", container_id, argv, stdin=stdin, stdout=stdout, stderr=stderr
+        )
         logger.info(
             "started exec in container %s with %s, runc pid %d",
             container_id,
@@ -406,6 +387,28 @@ class OciRuntime:
             pid_file=pid_file,
             log_file=log_file,
         )
+
+    async def _spawn(
+        self,
+        subcommand: str,
+        container_id: str,
+        argv: list[str],
+        *,
+        stdin: int | None,
+        stdout: int,
+        stderr: int,
+    ) -> trio.Process:
+        """Start runc with the given stdio (stdin None reads /dev/null)."""
+        try:
+            return await trio.lowlevel.open_process(
+                argv,
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        except (FileNotFoundError, PermissionError) as error:
+            raise self._binary_missing(subcommand, container_id, error) from error
 
     def _argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", self.state_root, "--log-format", "json", *args]
@@ -454,11 +457,12 @@ class OciRuntime:
 
 @attrs.frozen
 class RunExit:
-    """How a foreground run ended.
+    """The end of a foreground run.
 
     `code` is docker-style: the exit status, or 128 + the signal number.
-    `runtime_deleted` says that the runtime deleted the container itself;
-    when false, the caller deletes it through the locked-in binary.
+    `runtime_deleted` is true when the runtime deleted the container
+    itself. When it is false, the caller deletes the container through the
+    locked-in binary.
     """
 
     code: int

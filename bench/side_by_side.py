@@ -107,7 +107,7 @@ class Unavailable(Exception):
 
 @attrs.frozen
 class Roots:
-    """Where a contender keeps its files, and where its runtime state goes.
+    """The directories of one contender: its files and its runtime state.
 
     `state` contains runc's `--root` and the daemons' exec roots, which a
     host keeps under /run, a tmpfs on most Linux hosts. `files` contains the

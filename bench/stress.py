@@ -222,12 +222,26 @@ def summary_ms(values: Sequence[float]) -> dict[str, float | int]:
     }
 
 
+def read_status(path: Path) -> dict[str, str]:
+    """Return the fields of a /proc/<pid>/status file, by name."""
+    fields = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value.strip()
+    return fields
+
+
+def kib_to_mib(value: str) -> float:
+    """Convert a status value such as "1024 kB" to MiB."""
+    return int(value.split()[0]) / 1024
+
+
 def memory_mib(field: str) -> float:
     """Return a field of /proc/self/status, such as VmHWM, in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field} line")
+    value = read_status(Path("/proc/self/status")).get(field)
+    if value is None:
+        raise RuntimeError(f"/proc/self/status has no {field} line")
+    return kib_to_mib(value)
 
 
 def child_memory_mib() -> tuple[int, float, float]:
@@ -242,16 +256,15 @@ def child_memory_mib() -> tuple[int, float, float]:
     own = os.getpid()
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            fields = dict(
-                line.split(":", 1) for line in status.read_text().splitlines()
-            )
-        except (OSError, ValueError):
+            fields = read_status(status)
+        except OSError:
+            # The process exited while the directory was listed.
             continue
-        if int(fields.get("PPid", "0").strip()) != own:
+        if fields.get("PPid") != str(own):
             continue
         count += 1
-        anonymous += int(fields.get("RssAnon", "0 kB").split()[0]) / 1024
-        resident += int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+        anonymous += kib_to_mib(fields.get("RssAnon", "0 kB"))
+        resident += kib_to_mib(fields.get("VmRSS", "0 kB"))
     return count, anonymous, resident
 
 

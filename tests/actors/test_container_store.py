@@ -36,11 +36,11 @@ async def test_discard_of_missing_directory_returns_none(tmp_path: Path) -> None
 
 async def test_interrupted_removal_is_finished_at_load(tmp_path: Path) -> None:
     store = ContainerStore(tmp_path)
-    kept = _record("c" * 64)
-    await store.save(kept, durable=False)
+    remaining = _record("c" * 64)
+    await store.save(remaining, durable=False)
     await store.save(_record("d" * 64), durable=False)
     # A daemon that crashed between the rename and the deletion left this.
     store.discard("d" * 64)
 
-    assert store.load_all() == [kept]
+    assert store.load_all() == [remaining]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["c" * 64]

@@ -19,8 +19,9 @@ import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -43,6 +44,8 @@ from actors.runtime import (
     preflight,
 )
 from messages.errors import InvalidRequest, RuntimeFailed
+
+T = TypeVar("T")
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 BUSYBOX = Path("/usr/bin/busybox")
@@ -188,23 +191,18 @@ async def read_until_eof(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-async def create_with_pipes(
-    runtime: OciRuntime, bundle: Path, container_id: str
-) -> tuple[int, int, int]:
-    """Create a container whose stdout and stderr are pipes.
+async def with_output_pipes(
+    start: Callable[[int, int], Awaitable[T]],
+) -> tuple[T, int, int]:
+    """Call `start` with the write ends of a stdout and a stderr pipe.
 
-    Returns the init pid and the read ends of the stdout and stderr pipes.
+    Closes the write ends afterwards and returns what `start` returned and
+    the read ends, which the caller closes.
     """
     stdout_read, stdout_write = os.pipe()
     stderr_read, stderr_write = os.pipe()
     try:
-        pid = await runtime.create(
-            container_id,
-            str(bundle),
-            str(bundle / "init.pid"),
-            stdout=stdout_write,
-            stderr=stderr_write,
-        )
+        started = await start(stdout_write, stderr_write)
     except BaseException:
         os.close(stdout_read)
         os.close(stderr_read)
@@ -212,7 +210,25 @@ async def create_with_pipes(
     finally:
         os.close(stdout_write)
         os.close(stderr_write)
-    return pid, stdout_read, stderr_read
+    return started, stdout_read, stderr_read
+
+
+async def create_with_pipes(
+    runtime: OciRuntime, bundle: Path, container_id: str
+) -> tuple[int, int, int]:
+    """Create a container whose stdout and stderr are pipes.
+
+    Returns the init pid and the read ends of the stdout and stderr pipes.
+    """
+    return await with_output_pipes(
+        lambda stdout, stderr: runtime.create(
+            container_id,
+            str(bundle),
+            str(bundle / "init.pid"),
+            stdout=stdout,
+            stderr=stderr,
+        )
+    )
 
 
 async def run_to_exit(
@@ -812,20 +828,11 @@ async def run_with_pipes(
     runtime: OciRuntime, bundle: Path, container_id: str
 ) -> tuple[ContainerRun, int, int]:
     """Run a container whose stdout and stderr are pipes; return their read ends."""
-    stdout_read, stdout_write = os.pipe()
-    stderr_read, stderr_write = os.pipe()
-    try:
-        run = await runtime.run(
-            container_id, str(bundle), stdout=stdout_write, stderr=stderr_write
+    return await with_output_pipes(
+        lambda stdout, stderr: runtime.run(
+            container_id, str(bundle), stdout=stdout, stderr=stderr
         )
-    except BaseException:
-        os.close(stdout_read)
-        os.close(stderr_read)
-        raise
-    finally:
-        os.close(stdout_write)
-        os.close(stderr_write)
-    return run, stdout_read, stderr_read
+    )
 
 
 async def start_run_sleeper(
