@@ -12,6 +12,11 @@ Rules it keeps:
   binary in the record's lock-in, never through the current snapshot.
 - A start that fails leaves nothing half-made: the runtime's container is
   deleted, the root filesystem unmounted and the lock-in cleared.
+- Only the start waits for a record write, the lock-in's, before it calls
+  the runtime. The other writes, the unmount after an exit and the
+  deletion after a removal run in the background: writes land in the
+  order they were queued, a start waits for all of them first, and the
+  deletion waits for all of them before it unmounts and deletes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import attrs
 import trio
 
 from actors.actor import SerialActor
+from actors.background import Background
 from actors.container_store import ContainerStore
 from actors.events import EventBus
 from actors.host import Host, RunHandle, RuntimeClient, remove_tree, rootfs_path
@@ -68,11 +74,11 @@ class _Run:
 
 
 @attrs.define(eq=False)
-class _Write:
-    """A record write in flight."""
+class _Step:
+    """A record write or an unmount that runs while the operations go on."""
 
     done: trio.Event = attrs.Factory(trio.Event)
-    error: OSError | None = None
+    error: Exception | None = None
 
 
 class ContainerActor:
@@ -86,6 +92,7 @@ class ContainerActor:
         image_rootfs: Path,
         bundle_dir: Path,
         nursery: trio.Nursery,
+        background: Background,
         on_removed: Callable[[str], None] = lambda container_id: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -96,6 +103,7 @@ class ContainerActor:
         self._image_rootfs = image_rootfs
         self._bundle_dir = bundle_dir
         self._nursery = nursery
+        self._background = background
         self._clock = clock
         self._on_removed = on_removed
         self._actor = SerialActor(f"container {record.id[:12]}")
@@ -103,11 +111,13 @@ class ContainerActor:
         # Whether the runtime may still hold a container for this one: after
         # a start, until a delete through the lock-in has succeeded.
         self._runtime_container = record.lockin is not None
-        # Whether this actor mounted the root filesystem and has not yet
-        # unmounted it; the daemon's start-up recovery unmounts older ones.
+        # Whether this actor may have mounted the root filesystem and has
+        # not unmounted it; the daemon's start-up recovery unmounts older ones.
         self._mounted = False
-        # The record write that the operation did not wait for, if any.
-        self._write: _Write | None = None
+        # The last record write queued; each write waits for the one before.
+        self._last_write: _Step | None = None
+        # The unmount under way, if any.
+        self._unmounting: _Step | None = None
         self._exit_changed = trio.Event()
         self.removed = trio.Event()
         self.output = OutputHub(store.log_path(record.id))
@@ -226,20 +236,21 @@ class ContainerActor:
         return True
 
     async def _create_and_start(self, lockin: RuntimeLockIn) -> None:
+        # The last run's exit write and unmount land first.
+        await self._settle()
         # The lock-in is on disk before the runtime is first called, so a
         # daemon that dies from here on can still find the binary that owns
         # it. Its write overlaps the mount and the bundle, which do not
         # need it.
-        await self._save_in_background(
+        written = self._save_in_background(
             attrs.evolve(self._record, lockin=lockin), durable=True
         )
-        container_dir = self._store.directory(self.id)
-        rootfs = await self._host.mount_rootfs(self._image_rootfs, container_dir)
+        # Possibly mounted from here on; an unmount of nothing does nothing.
         self._mounted = True
-        # One worker thread call reads the account files, builds the spec
-        # and writes it.
-        await trio.to_thread.run_sync(self._write_bundle, rootfs, lockin)
-        await self._settle_writes(raise_error=True)
+        await trio.to_thread.run_sync(self._prepare, lockin)
+        await written.done.wait()
+        if written.error is not None:
+            raise written.error
         runtime = self._host.runtime(lockin.binary)
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
@@ -270,10 +281,14 @@ class ContainerActor:
         state = ContainerState(
             status=records.RUNNING, pid=handle.pid, started_at=self._clock()
         )
-        await self._save_in_background(attrs.evolve(self._record, state=state))
+        self._save_in_background(attrs.evolve(self._record, state=state))
 
-    def _write_bundle(self, rootfs: Path, lockin: RuntimeLockIn) -> None:
-        """Write the bundle's config.json; blocking, for a worker thread."""
+    def _prepare(self, lockin: RuntimeLockIn) -> None:
+        """Mount the root filesystem, read the account files, build the spec
+        and write it: one worker thread call, as each call costs a thread
+        hand-over. Blocking."""
+        container_dir = self._store.directory(self.id)
+        rootfs = self._host.mount_rootfs(self._image_rootfs, container_dir)
         config = self._record.config
         user = read_container_user(rootfs, config.user)
         env = with_default_path(config.env)
@@ -345,8 +360,10 @@ class ContainerActor:
             exit_code=code,
             finished_at=self._clock(),
         )
-        await self._save_in_background(attrs.evolve(self._record, state=state))
-        await self._unmount()
+        # Neither the write nor the unmount holds up the exit: the next start
+        # and the removal wait for them.
+        self._save_in_background(attrs.evolve(self._record, state=state))
+        self._unmount_in_background()
         logger.info("container %s exited with code %d", self.id[:12], code)
         self._emit("die", exitCode=str(code))
         changed, self._exit_changed = self._exit_changed, trio.Event()
@@ -362,8 +379,9 @@ class ContainerActor:
 
     async def _stop_for_shutdown(self, grace: float) -> None:
         await self._stop(grace)
-        # The daemon's nursery is cancelled next, which would drop the write.
-        await self._settle_writes()
+        # The daemon's nursery is cancelled next, which would drop the write
+        # and the unmount.
+        await self._settle()
 
     async def _stop(self, grace: float | None) -> bool:
         run = self._run
@@ -422,15 +440,13 @@ class ContainerActor:
         state = attrs.evolve(self._record.state, status=records.REMOVING)
         self._record = attrs.evolve(self._record, state=state)
         await self._delete_runtime_container()
-        await self._unmount()
-        # A write still in flight would create the directory again.
-        await self._settle_writes()
+        # The rename takes the record away at once, and the mount, if any,
+        # moves with the directory. A write in flight then fails or lands in
+        # the renamed directory, and the unmount in flight does its work or
+        # finds nothing, so the purge unmounts at the new path.
+        mounted = self._mounted or self._unmounting is not None
         discarded = self._store.discard(self.id)
-        # The files go after the removal has returned: the record is gone,
-        # and the bundle is never used again, as container ids are unique.
-        if discarded is not None:
-            self._nursery.start_soon(self._store.purge, discarded)
-        self._nursery.start_soon(self._store.purge, self._bundle_dir)
+        self._background.start_soon(lambda: self._purge(discarded, mounted))
         logger.info("removed container %s (%s)", self.id[:12], self._record.name)
         self._emit("destroy")
         self.output.end_attachments()
@@ -439,15 +455,63 @@ class ContainerActor:
         self._exit_changed.set()
         self.close()
 
-    async def _unmount(self) -> None:
-        if not self._mounted:
-            return
+    async def _purge(self, discarded: Path | None, mounted: bool) -> None:
+        """Delete a removed container's files once its steps in flight are done.
+
+        The removal has returned by then: the record is gone, and the bundle
+        is never used again, as container ids are unique. Shielded, so that
+        a daemon shutting down finishes it.
+        """
+        with trio.CancelScope(shield=True):
+            await self._settle()
+            await trio.to_thread.run_sync(self._delete_files, discarded, mounted)
+
+    def _delete_files(self, discarded: Path | None, mounted: bool) -> None:
+        """Unmount and delete what `_purge` deletes; blocking."""
+        if discarded is not None:
+            try:
+                if mounted:
+                    self._host.unmount_rootfs(discarded)
+                remove_tree(discarded)
+            except (DockyardError, OSError) as error:
+                logger.error(
+                    "cannot delete %s, the directory of removed container %s: "
+                    "%s. Unmount %s if it is mounted, then delete the directory.",
+                    discarded,
+                    self.id[:12],
+                    error,
+                    rootfs_path(discarded),
+                )
         try:
-            await self._host.unmount_rootfs(self._store.directory(self.id))
-        except (DockyardError, OSError) as error:
-            logger.warning("unmount for container %s: %s", self.id[:12], error)
+            remove_tree(self._bundle_dir)
+        except OSError as error:
+            logger.error("cannot delete bundle %s: %s", self._bundle_dir, error)
+
+    def _unmount_in_background(self) -> None:
+        """Unmount the root filesystem while the operations go on."""
+        if not self._mounted or self._unmounting is not None:
             return
-        self._mounted = False
+        step = _Step()
+        self._unmounting = step
+        container_dir = self._store.directory(self.id)
+
+        async def unmount() -> None:
+            try:
+                await trio.to_thread.run_sync(self._host.unmount_rootfs, container_dir)
+            except (DockyardError, OSError) as error:
+                logger.warning("unmount for container %s: %s", self.id[:12], error)
+                step.error = error
+            else:
+                self._mounted = False
+            finally:
+                self._unmounting = None
+                step.done.set()
+
+        self._background.start_soon(unmount)
+
+    async def _unmount(self) -> None:
+        self._unmount_in_background()
+        await self._settle()
 
     async def _delete_runtime_container(self) -> None:
         """Delete the runtime's container through the lock-in, once per run."""
@@ -467,49 +531,56 @@ class ContainerActor:
         A lost state change is settled by the recovery at the next daemon
         start, which deletes the runtime container through the lock-in.
         """
-        await self._settle_writes()
+        await self._settle()
         await self._store.save(record, durable=durable)
         self._record = record
 
-    async def _save_in_background(
+    def _save_in_background(
         self, record: ContainerRecord, *, durable: bool = False
-    ) -> None:
+    ) -> _Step:
         """Take `record` now and write it while the operation goes on.
 
-        Writes land in order: each later write, and the removal, waits
-        for this one first. A failure is logged, and raised by the next
-        `_settle_writes(raise_error=True)`.
+        Writes land in the order they were queued, as each waits for the
+        one before it. A failure is logged and kept in the returned step.
         """
-        await self._settle_writes()
         self._record = record
-        write = _Write()
-        self._write = write
+        previous, step = self._last_write, _Step()
+        self._last_write = step
 
         async def save() -> None:
             try:
+                await self._in_order(previous)
                 await self._store.save(record, durable=durable)
             except OSError as error:
-                logger.error(
-                    "writing the record of container %s failed: %s",
-                    self.id[:12],
-                    error,
-                )
-                write.error = error
+                self._write_failed(error)
+                step.error = error
             finally:
-                write.done.set()
+                step.done.set()
 
-        self._nursery.start_soon(save)
+        self._background.start_soon(save)
+        return step
 
-    async def _settle_writes(self, *, raise_error: bool = False) -> None:
-        """Wait for the write in flight, if any."""
-        write = self._write
-        if write is None:
+    async def _in_order(self, previous: _Step | None) -> None:
+        """Wait for the write queued before this one."""
+        if previous is not None:
+            await previous.done.wait()
+
+    def _write_failed(self, error: OSError) -> None:
+        if (
+            isinstance(error, FileNotFoundError)
+            and self._record.state.status == records.REMOVING
+        ):
+            logger.debug("dropped a record write of removed container %s", self.id[:12])
             return
-        await write.done.wait()
-        if self._write is write:
-            self._write = None
-        if raise_error and write.error is not None:
-            raise write.error
+        logger.error(
+            "writing the record of container %s failed: %s", self.id[:12], error
+        )
+
+    async def _settle(self) -> None:
+        """Wait for the record writes and the unmount in flight."""
+        for step in (self._last_write, self._unmounting):
+            if step is not None:
+                await step.done.wait()
 
     async def _quietly(self, step: Awaitable[object]) -> None:
         """Await a clean-up step, logging a failure instead of raising it."""

@@ -7,20 +7,22 @@ damaged file does not keep the daemon from starting.
 
 A removal first renames the container's directory to `.removing-<id>`, one
 atomic step after which the record is gone, and then deletes the files.
-Directories of that name left by a crash are deleted at the next start.
+Directories of that name left by a crash are deleted at the next start,
+after their root filesystem is unmounted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from actors.atomic import write_atomically
 from actors.host import remove_tree
-from messages.errors import InvalidRequest
+from messages.errors import DockyardError, InvalidRequest
 from messages.records import ContainerRecord, record_from_json, record_to_json
 
 logger = logging.getLogger(__name__)
@@ -40,17 +42,30 @@ class ContainerStore:
     def log_path(self, container_id: str) -> Path:
         return self.directory(container_id) / LOG_FILE
 
-    async def save(self, record: ContainerRecord, *, durable: bool = True) -> None:
-        """Replace the record atomically; `durable` also waits for the disk."""
+    async def create(self, record: ContainerRecord) -> None:
+        """Make the container's directory and write its first record."""
         directory = self.directory(record.id)
 
-        def save() -> None:
+        def create() -> None:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_atomically(
-                directory / RECORD_FILE, record_to_json(record), durable=durable
+                directory / RECORD_FILE, record_to_json(record), durable=False
             )
 
-        await trio.to_thread.run_sync(save)
+        await trio.to_thread.run_sync(create)
+
+    async def save(self, record: ContainerRecord, *, durable: bool = True) -> None:
+        """Replace the record atomically; `durable` also waits for the disk.
+
+        The directory is not made again: once a removal has renamed it, a
+        late write fails with FileNotFoundError instead of bringing the
+        container back.
+        """
+        path = self.directory(record.id) / RECORD_FILE
+        content = record_to_json(record)
+        await trio.to_thread.run_sync(
+            lambda: write_atomically(path, content, durable=durable)
+        )
 
     def discard(self, container_id: str) -> Path | None:
         """Take the record away at once; return the directory left to purge.
@@ -65,24 +80,24 @@ class ContainerStore:
             return None
         return discarded
 
-    async def purge(self, discarded: Path) -> None:
-        """Delete a directory that `discard` returned, or another one that
-        nothing uses any more, and log a failure."""
-        try:
-            await trio.to_thread.run_sync(remove_tree, discarded)
-        except OSError as error:
-            logger.error("cannot delete %s: %s", discarded, error)
+    def load_all(
+        self, unmount: Callable[[Path], None] = lambda directory: None
+    ) -> list[ContainerRecord]:
+        """Read every record; blocking, for daemon start.
 
-    def load_all(self) -> list[ContainerRecord]:
-        """Read every record; blocking, for daemon start."""
+        Each directory an interrupted removal left is passed to `unmount`,
+        which unmounts its root filesystem, and then deleted. One whose
+        unmount raises is kept, as deleting it would reach into the mount.
+        """
         records: list[ContainerRecord] = []
         if not self.root.is_dir():
             return records
         for leftover in self.root.glob(f"{REMOVING_PREFIX}*"):
             logger.info("deleting %s, left by an interrupted removal", leftover)
             try:
+                unmount(leftover)
                 remove_tree(leftover)
-            except OSError as error:
+            except (DockyardError, OSError) as error:
                 logger.error("cannot delete %s: %s", leftover, error)
         for path in sorted(self.root.glob(f"*/{RECORD_FILE}")):
             if path.parent.name.startswith("."):

@@ -23,6 +23,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from actors.background import Background
 from actors.config_actor import ConfigActor
 from actors.container_actor import WAIT_CONDITIONS, ContainerActor
 from actors.container_store import ContainerStore
@@ -91,6 +92,7 @@ class Daemon:
         self._store = store
         self._host = host
         self._nursery = nursery
+        self._background = Background(nursery)
         self._containers: dict[str, ContainerActor] = {}
         exec_root = Path(config.current().config.exec_root)
         self._execs = ExecActor(exec_root=exec_root, events=events)
@@ -172,7 +174,7 @@ class Daemon:
         # but the directory is not synced, so a power loss right after the
         # create may lose the container. The lock-in that a start writes
         # before it calls the runtime is synced with its directory.
-        await self._store.save(record, durable=False)
+        await self._store.create(record)
         self._register(record)
         logger.info("created container %s (%s)", container_id[:12], name)
         self._events.emit(
@@ -205,6 +207,16 @@ class Daemon:
     async def remove_container(self, reference: str, force: bool = False) -> None:
         actor = self._actor(reference)
         await actor.remove(force)
+
+    async def settle(self) -> None:
+        """Wait for the work that finished operations left running.
+
+        That is the record writes after a start or an exit, the unmount
+        after an exit, and the deletion of a removed container's files.
+        An operation returns without waiting for them, and the next
+        operation on the same container waits where it must.
+        """
+        await self._background.wait_idle()
 
     async def wait_container(
         self, reference: str, condition: str = "not-running"
@@ -307,6 +319,7 @@ class Daemon:
             image_rootfs=image_rootfs,
             bundle_dir=self._bundles / record.id,
             nursery=self._nursery,
+            background=self._background,
             on_removed=self._forget,
         )
         self._containers[record.id] = actor
@@ -333,7 +346,9 @@ class Daemon:
             runtime = self._host.runtime(record.lockin.binary)
             await _log_failure(runtime.delete(record.id, force=True), record.id)
         directory = self._store.directory(record.id)
-        await _log_failure(self._host.unmount_rootfs(directory), record.id)
+        await _log_failure(
+            trio.to_thread.run_sync(self._host.unmount_rootfs, directory), record.id
+        )
         if starting:
             state = attrs.evolve(
                 record.state,
@@ -354,7 +369,9 @@ class Daemon:
         return record
 
     async def _load_containers(self) -> list[ContainerRecord]:
-        loaded = await trio.to_thread.run_sync(self._store.load_all)
+        loaded = await trio.to_thread.run_sync(
+            self._store.load_all, self._host.unmount_rootfs
+        )
         kept: list[ContainerRecord] = []
         for record in loaded:
             try:
@@ -380,6 +397,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 for actor in list(self._containers.values()):
                     nursery.start_soon(_shut_down_quietly, actor, grace)
+            await self._background.wait_idle()
 
 
 async def _log_failure(step: Awaitable[object], container_id: str) -> None:

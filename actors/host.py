@@ -110,9 +110,11 @@ class Host(Protocol):
         self, runtime_name: str, binary: str, wrapped: str | None
     ) -> None: ...
 
-    async def mount_rootfs(self, image_rootfs: Path, container_dir: Path) -> Path: ...
+    def mount_rootfs(self, image_rootfs: Path, container_dir: Path) -> Path:
+        """Mount the container's root filesystem; blocking, for a worker thread."""
 
-    async def unmount_rootfs(self, container_dir: Path) -> None: ...
+    def unmount_rootfs(self, container_dir: Path) -> None:
+        """Unmount it if it is mounted; blocking, for a worker thread."""
 
     async def run_background(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -143,25 +145,20 @@ class LinuxHost:
     def preflight(self, runtime_name: str, binary: str, wrapped: str | None) -> None:
         preflight(runtime_name, binary, wrapped)
 
-    async def mount_rootfs(self, image_rootfs: Path, container_dir: Path) -> Path:
+    def mount_rootfs(self, image_rootfs: Path, container_dir: Path) -> Path:
         target = rootfs_path(container_dir)
         upper, work = container_dir / "upper", container_dir / "work"
-
-        def mount() -> None:
-            # A target made just now cannot be a mount point, which spares
-            # reading the whole mount table.
-            fresh = not target.exists()
-            for directory in (upper, work, target):
-                directory.mkdir(parents=True, exist_ok=True)
-            if fresh or not rootfs.is_mounted(target):
-                rootfs.mount_overlay(image_rootfs, upper, work, target)
-
-        await trio.to_thread.run_sync(mount)
+        # A target made just now cannot be a mount point, which spares
+        # reading the whole mount table.
+        fresh = not target.exists()
+        for directory in (upper, work, target):
+            directory.mkdir(parents=True, exist_ok=True)
+        if fresh or not rootfs.is_mounted(target):
+            rootfs.mount_overlay(image_rootfs, upper, work, target)
         return target
 
-    async def unmount_rootfs(self, container_dir: Path) -> None:
-        target = rootfs_path(container_dir)
-        await trio.to_thread.run_sync(rootfs.unmount, target)
+    def unmount_rootfs(self, container_dir: Path) -> None:
+        rootfs.unmount(rootfs_path(container_dir))
 
     async def run_background(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -269,10 +269,10 @@ class FakeHost:
     def preflight(self, runtime_name: str, binary: str, wrapped: str | None) -> None:
         preflight(runtime_name, binary, wrapped)
 
-    async def mount_rootfs(self, image_rootfs: Path, container_dir: Path) -> Path:
+    def mount_rootfs(self, image_rootfs: Path, container_dir: Path) -> Path:
         return image_rootfs
 
-    async def unmount_rootfs(self, container_dir: Path) -> None:
+    def unmount_rootfs(self, container_dir: Path) -> None:
         pass
 
     async def run_background(

@@ -425,8 +425,8 @@ async def test_record_writes_land_in_order(
     monkeypatch: pytest.MonkeyPatch,
     slow_status: str,
 ) -> None:
-    # The start and the reap do not wait for their writes, so a write still
-    # in flight must land before the next one and before the removal.
+    # No operation waits for its writes, so each write waits for the one
+    # queued before it, and the removal's deletion waits for all of them.
     monkeypatch.setattr(SlowStore, "slow_status", slow_status)
     monkeypatch.setattr("actors.daemon.ContainerStore", SlowStore)
     async with _open(setup, machine) as daemon:
@@ -434,19 +434,27 @@ async def test_record_writes_land_in_order(
         container_id = await _create(daemon)
         started = trio.current_time()
         await daemon.start_container(container_id)
-        assert trio.current_time() - started < SlowStore.delay
         await daemon.stop_container(container_id, grace=1)
+        assert trio.current_time() - started < SlowStore.delay
+        await daemon.settle()
         record = json.loads((_on_disk(setup, container_id) / "record.json").read_text())
-        assert record["container"]["state"]["status"] in (
-            records.RUNNING,
-            records.EXITED,
-        )
+        assert record["container"]["state"]["status"] == records.EXITED
+
         removed = await _create(daemon, name="removed")
         await daemon.start_container(removed)
         await daemon.stop_container(removed, grace=1)
+        started = trio.current_time()
         await daemon.remove_container(removed)
+        assert trio.current_time() - started < SlowStore.delay
         assert not _on_disk(setup, removed).exists()
-    # The shutdown waited for the last write.
+        await daemon.settle()
+        leftovers = [path.name for path in _on_disk(setup, removed).parent.iterdir()]
+        assert leftovers == [container_id]
+
+        # The shutdown waits for the last write.
+        await daemon.start_container(container_id)
+        await daemon.kill_container(container_id, "SIGTERM")
+        await daemon.wait_container(container_id)
     record = json.loads((_on_disk(setup, container_id) / "record.json").read_text())
     assert record["container"]["state"]["status"] == records.EXITED
     assert record["container"]["state"]["exit_code"] == 128 + signal.SIGTERM
@@ -476,12 +484,12 @@ async def test_negative_control_unordered_writes_lose_the_exit(
     machine: FakeMachine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Without the wait for the write in flight, the running-state write can
-    # land after the exit, and the record on disk then shows running.
-    async def no_wait(self: object, *, raise_error: bool = False) -> None:
+    # Without the wait for the write queued before, the running-state write
+    # can land after the exit, and the record on disk then shows running.
+    async def no_wait(self: object, previous: object) -> None:
         return None
 
-    monkeypatch.setattr(container_actor.ContainerActor, "_settle_writes", no_wait)
+    monkeypatch.setattr(container_actor.ContainerActor, "_in_order", no_wait)
     monkeypatch.setattr(ExitFirstStore, "exit_written", trio.Event())
     monkeypatch.setattr(ExitFirstStore, "running_written", trio.Event())
     monkeypatch.setattr("actors.daemon.ContainerStore", ExitFirstStore)

@@ -32,6 +32,9 @@ pytestmark = pytest.mark.real
 # Seconds a stop may wait before SIGKILL; `sleep` as PID 1 ignores SIGTERM,
 # so every stop of a sleeping container takes this long.
 STOP_GRACE = 2
+# Containers run and removed at once, each giving the removal a chance to
+# meet the unmount in flight.
+REMOVALS_RIGHT_AFTER_EXIT = 10
 
 
 class RealSetup:
@@ -81,9 +84,24 @@ async def test_run_to_completion(daemon: Daemon) -> None:
     assert (STDERR, b"err\n") in frames
     record = daemon.container(container_id)
     assert record.state.status == records.EXITED
+    await daemon.settle()
     data_root = Path(daemon.snapshot().config.data_root)
     assert not rootfs.is_mounted(data_root / "containers" / container_id / "rootfs")
     await daemon.remove_container(container_id)
+
+
+async def test_removal_right_after_exit(daemon: Daemon) -> None:
+    # The removal comes while the exit's unmount and write may be in flight;
+    # the deletion after it unmounts at the renamed path and leaves nothing.
+    data_root = Path(daemon.snapshot().config.data_root)
+    for _ in range(REMOVALS_RIGHT_AFTER_EXIT):
+        container_id = await _run(daemon, "true")
+        assert await daemon.wait_container(container_id) == 0
+        await daemon.remove_container(container_id)
+    await daemon.settle()
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(data_root) not in mounts
+    assert list((data_root / "containers").iterdir()) == []
 
 
 async def test_only_loopback_is_up(daemon: Daemon) -> None:
@@ -107,6 +125,7 @@ async def test_root_filesystem_is_an_overlay(daemon: Daemon) -> None:
     assert result.exit_code == 0
     assert (data_root / "containers" / container_id / "upper" / "made").exists()
     await daemon.stop_container(container_id, grace=STOP_GRACE)
+    await daemon.settle()
     assert not rootfs.is_mounted(merged)
     await daemon.remove_container(container_id)
     assert not (data_root / "containers" / container_id).exists()
