@@ -52,7 +52,7 @@ class SerialActor:
         self._send.close()
 
     async def run(self) -> None:
-        async with self._receive:
+        try:
             async for request in self._receive:
                 try:
                     request.result = outcome.Value(await request.operation())
@@ -61,8 +61,28 @@ class SerialActor:
                 except BaseException:
                     # The actor itself is being cancelled: the caller gets a
                     # plain error, and the cancellation stays in this task.
-                    stopped = trio.ClosedResourceError(f"actor {self.name} stopped")
-                    request.result = outcome.Error(stopped)
+                    request.result = outcome.Error(self._stopped())
                     raise
                 finally:
                     request.done.set()
+        finally:
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        """Fail the operations still queued when the actor's task ends.
+
+        A cancelled actor leaves them behind, and their callers, which may
+        be shielded, would otherwise wait forever.
+        """
+        while True:
+            try:
+                request = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            request.result = outcome.Error(self._stopped())
+            request.done.set()
+        # Later calls fail at once: a send to a closed channel raises.
+        self._receive.close()
+
+    def _stopped(self) -> trio.ClosedResourceError:
+        return trio.ClosedResourceError(f"actor {self.name} stopped")

@@ -238,13 +238,12 @@ class ContainerActor:
     async def _create_and_start(self, lockin: RuntimeLockIn) -> None:
         # The last run's exit write and unmount land first.
         await self._settle()
-        # The lock-in is on disk before the runtime is first called, so a
-        # daemon that dies from here on can still find the binary that owns
-        # it. Its write overlaps the mount and the bundle, which do not
-        # need it.
-        written = self._save_in_background(
-            attrs.evolve(self._record, lockin=lockin), durable=True
-        )
+        # The lock-in is in place in the file system before the runtime is
+        # first called, so a daemon that dies from here on can still find
+        # the binary that owns the container. It is not synced to the disk,
+        # as a power loss ends the container too. The write overlaps the
+        # mount and the bundle, which do not need it.
+        written = self._save_in_background(attrs.evolve(self._record, lockin=lockin))
         # Possibly mounted from here on; an unmount of nothing does nothing.
         self._mounted = True
         await trio.to_thread.run_sync(self._prepare, lockin)
@@ -256,7 +255,7 @@ class ContainerActor:
         stderr_read, stderr_write = os.pipe()
         try:
             # One runtime process creates and starts it, waits for it and
-            # deletes it. The lock-in above is already durable, so nothing
+            # deletes it. The lock-in above is already written, so nothing
             # needs the gaps between those steps.
             handle = await runtime.run(
                 self.id, str(self._bundle_dir), stdout=stdout_write, stderr=stderr_write
@@ -321,9 +320,7 @@ class ContainerActor:
         message = str(error) if isinstance(error, DockyardError) else repr(error)
         state = attrs.evolve(self._record.state, status=records.CREATED, error=message)
         await self._quietly(
-            self._save(
-                attrs.evolve(self._record, state=state, lockin=None), durable=False
-            )
+            self._save(attrs.evolve(self._record, state=state, lockin=None))
         )
 
     async def _watch_exit(self, run: _Run) -> None:
@@ -525,19 +522,17 @@ class ContainerActor:
             return
         self._runtime_container = False
 
-    async def _save(self, record: ContainerRecord, *, durable: bool) -> None:
-        """Persist the record; only the lock-in write must survive a crash.
+    async def _save(self, record: ContainerRecord) -> None:
+        """Write the record after the writes in flight.
 
-        A lost state change is settled by the recovery at the next daemon
-        start, which deletes the runtime container through the lock-in.
+        No write waits for the disk. A change that a power loss takes away
+        is settled by the recovery at the next daemon start.
         """
         await self._settle()
-        await self._store.save(record, durable=durable)
+        await self._store.save(record)
         self._record = record
 
-    def _save_in_background(
-        self, record: ContainerRecord, *, durable: bool = False
-    ) -> _Step:
+    def _save_in_background(self, record: ContainerRecord) -> _Step:
         """Take `record` now and write it while the operation goes on.
 
         Writes land in the order they were queued, as each waits for the
@@ -550,7 +545,7 @@ class ContainerActor:
         async def save() -> None:
             try:
                 await self._in_order(previous)
-                await self._store.save(record, durable=durable)
+                await self._store.save(record)
             except OSError as error:
                 self._write_failed(error)
                 step.error = error

@@ -1,9 +1,23 @@
-"""Container records on disk: `<data-root>/containers/<id>/record.json`.
+"""Container records on disk, in `<data-root>/containers/<id>/`.
 
-Each record is written atomically, so after a crash a record is either the
-one before the last write or the one after it. Records are loaded once at
-daemon start; a record that cannot be read is skipped and logged, so one
-damaged file does not keep the daemon from starting.
+`record.json` is the whole record as the create made it. It is flushed to
+the disk before it is renamed into place, as dockerd checkpoints a
+container, and it is never written again. `state.json` holds what changes
+later, the state and the runtime lock-in, and each change replaces it by a
+rename without waiting for the disk. That keeps the disk off the path of a
+start and an exit, and loses nothing that matters:
+
+- When the daemon process dies, the kernel still holds every file it
+  wrote, so the next daemon reads the last state and lock-in, and finds
+  the binary that owns a container that is still running.
+- A power loss ends every container too. The state file may then be older
+  than the last change, or unreadable on some file systems, in which case
+  the container is loaded as the create made it. The recovery at start
+  settles either.
+
+Records are loaded once at daemon start. A record that cannot be read is
+skipped and logged, so one damaged file does not keep the daemon from
+starting.
 
 A removal first renames the container's directory to `.removing-<id>`, one
 atomic step after which the record is gone, and then deletes the files.
@@ -18,16 +32,24 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import trio
 
-from actors.atomic import write_atomically
+from actors.atomic import replace_unsynced, write_atomically
 from actors.host import remove_tree
 from messages.errors import DockyardError, InvalidRequest
-from messages.records import ContainerRecord, record_from_json, record_to_json
+from messages.records import (
+    ContainerRecord,
+    record_from_json,
+    record_to_json,
+    state_from_json,
+    state_to_json,
+)
 
 logger = logging.getLogger(__name__)
 
 RECORD_FILE = "record.json"
+STATE_FILE = "state.json"
 LOG_FILE = "container.log"
 REMOVING_PREFIX = ".removing-"
 
@@ -54,18 +76,16 @@ class ContainerStore:
 
         await trio.to_thread.run_sync(create)
 
-    async def save(self, record: ContainerRecord, *, durable: bool = True) -> None:
-        """Replace the record atomically; `durable` also waits for the disk.
+    async def save(self, record: ContainerRecord) -> None:
+        """Replace the state and lock-in of `record`, without waiting for the disk.
 
         The directory is not made again: once a removal has renamed it, a
         late write fails with FileNotFoundError instead of bringing the
         container back.
         """
-        path = self.directory(record.id) / RECORD_FILE
-        content = record_to_json(record)
-        await trio.to_thread.run_sync(
-            lambda: write_atomically(path, content, durable=durable)
-        )
+        path = self.directory(record.id) / STATE_FILE
+        content = state_to_json(record)
+        await trio.to_thread.run_sync(replace_unsynced, path, content)
 
     def discard(self, container_id: str) -> Path | None:
         """Take the record away at once; return the directory left to purge.
@@ -103,7 +123,26 @@ class ContainerStore:
             if path.parent.name.startswith("."):
                 continue
             try:
-                records.append(record_from_json(path.read_bytes(), source=str(path)))
+                record = record_from_json(path.read_bytes(), source=str(path))
             except (OSError, InvalidRequest) as error:
                 logger.error("skipped container record %s: %s", path, error)
+                continue
+            records.append(_with_stored_state(record, path.parent / STATE_FILE))
         return records
+
+
+def _with_stored_state(record: ContainerRecord, path: Path) -> ContainerRecord:
+    """Return `record` with the state and lock-in in `path`, if it has any."""
+    try:
+        stored = state_from_json(path.read_bytes(), source=str(path))
+    except FileNotFoundError:
+        return record
+    except (OSError, InvalidRequest) as error:
+        logger.warning(
+            "%s: loading container %s in the state its create left, as after "
+            "a power loss",
+            error,
+            record.id[:12],
+        )
+        return record
+    return attrs.evolve(record, state=stored.state, lockin=stored.lockin)

@@ -172,8 +172,7 @@ class Daemon:
         )
         # Flushed and renamed into place, as dockerd checkpoints a container,
         # but the directory is not synced, so a power loss right after the
-        # create may lose the container. The lock-in that a start writes
-        # before it calls the runtime is synced with its directory.
+        # create may lose the container.
         await self._store.create(record)
         self._register(record)
         logger.info("created container %s (%s)", container_id[:12], name)

@@ -112,6 +112,36 @@ def record_to_json(record: ContainerRecord) -> bytes:
     return json.dumps(document, sort_keys=True).encode()
 
 
+@attrs.frozen
+class StoredState:
+    """The part of a record that changes after the create."""
+
+    state: ContainerState
+    lockin: RuntimeLockIn | None
+
+
+def state_to_json(record: ContainerRecord) -> bytes:
+    stored = StoredState(state=record.state, lockin=record.lockin)
+    document: dict[str, Any] = {
+        "version": RECORD_FORMAT_VERSION,
+        "stored": RECORD_CONVERTER.unstructure(stored),
+    }
+    return json.dumps(document, sort_keys=True).encode()
+
+
+def state_from_json(data: bytes, *, source: str) -> StoredState:
+    """Decode a state file; `source` names it in the error."""
+    try:
+        document = json.loads(data)
+        if document.get("version") != RECORD_FORMAT_VERSION:
+            raise ValueError(f"unknown state version {document.get('version')!r}")
+        return RECORD_CONVERTER.structure(document["stored"], StoredState)
+    except (*_DECODE_ERRORS, cattrs.BaseValidationError) as error:
+        raise InvalidRequest(
+            f"container state {source} is unreadable ({error})"
+        ) from None
+
+
 def record_from_json(data: bytes, *, source: str) -> ContainerRecord:
     """Decode a record file; `source` names it in the error."""
     try:

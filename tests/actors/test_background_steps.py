@@ -180,12 +180,10 @@ async def test_negative_control_trusting_unmount_in_flight_leaks_mount(
 class SlowExitStore(ContainerStore):
     """A store whose write of the exit takes virtual seconds."""
 
-    async def save(
-        self, record: records.ContainerRecord, *, durable: bool = True
-    ) -> None:
+    async def save(self, record: records.ContainerRecord) -> None:
         if record.state.status == records.EXITED:
             await trio.sleep(WRITE_SECONDS)
-        await super().save(record, durable=durable)
+        await super().save(record)
 
 
 Save = Callable[..., Awaitable[None]]
@@ -193,10 +191,10 @@ Save = Callable[..., Awaitable[None]]
 
 def _make_directory_first(save: Save) -> Save:
     async def save_anywhere(
-        self: ContainerStore, record: records.ContainerRecord, *, durable: bool = True
+        self: ContainerStore, record: records.ContainerRecord
     ) -> None:
         os.makedirs(self.directory(record.id), exist_ok=True)
-        await save(self, record, durable=durable)
+        await save(self, record)
 
     return save_anywhere
 
@@ -232,10 +230,10 @@ async def test_late_write_after_removal(
         await daemon.stop_container(container_id, grace=1)
         await daemon.remove_container(container_id)
         await daemon.settle()
-    record_file = data_root / "containers" / container_id / "record.json"
+    state_file = data_root / "containers" / container_id / "state.json"
     if makes_directory:
-        record = json.loads(record_file.read_text())
-        assert record["container"]["state"]["status"] == records.EXITED
+        stored = json.loads(state_file.read_text())
+        assert stored["stored"]["state"]["status"] == records.EXITED
     else:
-        assert not record_file.exists()
+        assert not state_file.exists()
         assert list((data_root / "containers").iterdir()) == []

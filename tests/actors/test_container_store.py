@@ -1,15 +1,28 @@
-"""Container records on disk: removal by rename, and what a crash leaves."""
+"""Container records on disk: the state file, removal by rename, and what a
+crash or a power loss leaves."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
-from actors.container_store import REMOVING_PREFIX, ContainerStore
+from actors.container_store import (
+    RECORD_FILE,
+    REMOVING_PREFIX,
+    STATE_FILE,
+    ContainerStore,
+)
 from messages.errors import RuntimeFailed
-from messages.records import ContainerConfig, ContainerRecord
+from messages.records import (
+    EXITED,
+    ContainerConfig,
+    ContainerRecord,
+    ContainerState,
+    RuntimeLockIn,
+)
 
 
 def _record(container_id: str) -> ContainerRecord:
@@ -71,5 +84,50 @@ async def test_write_after_discard_does_not_bring_it_back(tmp_path: Path) -> Non
     store.discard(record.id)
 
     with pytest.raises(FileNotFoundError):
-        await store.save(record, durable=False)
+        await store.save(record)
     assert not store.directory(record.id).exists()
+
+
+async def test_state_file_overrides_create_record(tmp_path: Path) -> None:
+    store = ContainerStore(tmp_path)
+    record = _record("7" * 64)
+    await store.create(record)
+    created = (store.directory(record.id) / RECORD_FILE).read_bytes()
+    lockin = RuntimeLockIn(
+        name="runc",
+        binary="/usr/bin/runc",
+        path="/usr/bin/runc",
+        generation=3,
+        apparmor_profile="",
+    )
+    state = ContainerState(status=EXITED, exit_code=3)
+    await store.save(attrs.evolve(record, state=state, lockin=lockin))
+
+    [loaded] = store.load_all()
+    assert loaded.state == state
+    assert loaded.lockin == lockin
+    # The create's record, flushed to the disk, is never written again.
+    assert (store.directory(record.id) / RECORD_FILE).read_bytes() == created
+
+
+@pytest.mark.parametrize("content", [b"", b'{"version": 1, "stor'])
+async def test_unreadable_state_file_falls_back_to_create(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    # What a power loss may leave of a state file on a file system that
+    # commits a rename before the renamed file's data.
+    store = ContainerStore(tmp_path)
+    record = _record("8" * 64)
+    await store.create(record)
+    (store.directory(record.id) / STATE_FILE).write_bytes(content)
+
+    assert store.load_all() == [record]
+    assert "8" * 12 in caplog.text
+    assert "state.json is unreadable" in caplog.text
+
+
+async def test_save_to_missing_directory_leaves_no_file(tmp_path: Path) -> None:
+    record = _record("9" * 64)
+    with pytest.raises(FileNotFoundError):
+        await ContainerStore(tmp_path).save(record)
+    assert list(tmp_path.iterdir()) == []

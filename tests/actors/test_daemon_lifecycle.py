@@ -95,10 +95,10 @@ async def test_lockin_is_on_disk_before_runtime_create(
         nursery.start_soon(daemon.start_container, container_id)
         await hold.arrived.wait()
         record_file = Path(setup.flags.data_root or "") / "containers" / container_id
-        saved = json.loads((record_file / "record.json").read_text())
+        saved = json.loads((record_file / "state.json").read_text())
         hold.released.set()
-    assert saved["container"]["lockin"]["name"] == "runc"
-    assert saved["container"]["lockin"]["binary"] == str(setup.runtime_a)
+    assert saved["stored"]["lockin"]["name"] == "runc"
+    assert saved["stored"]["lockin"]["binary"] == str(setup.runtime_a)
 
 
 async def test_default_runtime_is_used_when_none_given(
@@ -399,18 +399,62 @@ async def test_interrupted_start_is_cleaned_at_restart(
         assert await daemon.start_container("half")
 
 
+async def test_container_running_at_daemon_death_is_recovered(
+    autojump_clock: trio.testing.MockClock, setup: Setup, machine: FakeMachine
+) -> None:
+    async with _open(setup, machine) as daemon:
+        await daemon.import_image(chunks_of(tiny_image_tar()), reference="tiny")
+        container_id = await _create(daemon, name="running")
+        record = daemon.container(container_id)
+    # What a daemon killed while the container ran leaves: the state file
+    # that the kernel kept for it.
+    lockin = records.RuntimeLockIn(
+        name="runc",
+        binary=str(setup.runtime_a),
+        path=str(setup.runtime_a),
+        generation=1,
+        apparmor_profile="",
+    )
+    state = records.ContainerState(status=records.RUNNING, pid=4321)
+    store = ContainerStore(Path(setup.flags.data_root or "") / "containers")
+    await store.save(attrs.evolve(record, state=state, lockin=lockin))
+    async with _open(setup, machine) as daemon:
+        recovered = daemon.container("running")
+        assert recovered.state.status == records.EXITED
+        assert recovered.state.exit_code == 255
+        assert "while the container was running" in recovered.state.error
+        calls = machine.calls_for(container_id)
+        assert [call.operation for call in calls] == ["delete"]
+        assert calls[0].binary == str(setup.runtime_a)
+
+
+async def test_state_lost_to_power_loss_loads_as_created(
+    autojump_clock: trio.testing.MockClock, setup: Setup, machine: FakeMachine
+) -> None:
+    async with _open(setup, machine) as daemon:
+        await daemon.import_image(chunks_of(tiny_image_tar()), reference="tiny")
+        container_id = await _create(daemon, name="lost")
+        await daemon.start_container(container_id)
+        await daemon.stop_container(container_id, grace=1)
+    # A power loss on a file system that commits a rename before the data.
+    (_on_disk(setup, container_id) / "state.json").write_bytes(b"")
+    async with _open(setup, machine) as daemon:
+        loaded = daemon.container("lost")
+        assert loaded.state.status == records.CREATED
+        assert loaded.lockin is None
+        assert await daemon.start_container("lost")
+
+
 class SlowStore(ContainerStore):
     """A store whose writes of one status take virtual seconds."""
 
     slow_status = records.RUNNING
     delay = 5.0
 
-    async def save(
-        self, record: records.ContainerRecord, *, durable: bool = True
-    ) -> None:
+    async def save(self, record: records.ContainerRecord) -> None:
         if record.state.status == self.slow_status:
             await trio.sleep(self.delay)
-        await super().save(record, durable=durable)
+        await super().save(record)
 
 
 def _on_disk(setup: Setup, container_id: str) -> Path:
@@ -437,8 +481,8 @@ async def test_record_writes_land_in_order(
         await daemon.stop_container(container_id, grace=1)
         assert trio.current_time() - started < SlowStore.delay
         await daemon.settle()
-        record = json.loads((_on_disk(setup, container_id) / "record.json").read_text())
-        assert record["container"]["state"]["status"] == records.EXITED
+        record = json.loads((_on_disk(setup, container_id) / "state.json").read_text())
+        assert record["stored"]["state"]["status"] == records.EXITED
 
         removed = await _create(daemon, name="removed")
         await daemon.start_container(removed)
@@ -455,9 +499,9 @@ async def test_record_writes_land_in_order(
         await daemon.start_container(container_id)
         await daemon.kill_container(container_id, "SIGTERM")
         await daemon.wait_container(container_id)
-    record = json.loads((_on_disk(setup, container_id) / "record.json").read_text())
-    assert record["container"]["state"]["status"] == records.EXITED
-    assert record["container"]["state"]["exit_code"] == 128 + signal.SIGTERM
+    record = json.loads((_on_disk(setup, container_id) / "state.json").read_text())
+    assert record["stored"]["state"]["status"] == records.EXITED
+    assert record["stored"]["state"]["exit_code"] == 128 + signal.SIGTERM
 
 
 class ExitFirstStore(ContainerStore):
@@ -466,12 +510,10 @@ class ExitFirstStore(ContainerStore):
     exit_written = trio.Event()
     running_written = trio.Event()
 
-    async def save(
-        self, record: records.ContainerRecord, *, durable: bool = True
-    ) -> None:
+    async def save(self, record: records.ContainerRecord) -> None:
         if record.state.status == records.RUNNING:
             await self.exit_written.wait()
-        await super().save(record, durable=durable)
+        await super().save(record)
         if record.state.status == records.EXITED:
             self.exit_written.set()
         if record.state.status == records.RUNNING:
@@ -499,5 +541,5 @@ async def test_negative_control_unordered_writes_lose_the_exit(
         await daemon.start_container(container_id)
         await daemon.stop_container(container_id, grace=1)
         await ExitFirstStore.running_written.wait()
-    record = json.loads((_on_disk(setup, container_id) / "record.json").read_text())
-    assert record["container"]["state"]["status"] == records.RUNNING
+    record = json.loads((_on_disk(setup, container_id) / "state.json").read_text())
+    assert record["stored"]["state"]["status"] == records.RUNNING
