@@ -561,15 +561,43 @@ class Samples:
     """Seconds by (contender, workload), and the errors that stopped a sample."""
 
     seconds: dict[tuple[str, str], list[float]] = attrs.field(factory=dict)
+    # The counted round of each sample, by the same keys.
+    rounds: dict[tuple[str, str], list[int]] = attrs.field(factory=dict)
     errors: list[str] = attrs.field(factory=list)
 
-    def add(self, contender: str, workload: str, value: float) -> None:
+    def add(
+        self, contender: str, workload: str, value: float, round_index: int
+    ) -> None:
         self.seconds.setdefault((contender, workload), []).append(value)
+        self.rounds.setdefault((contender, workload), []).append(round_index)
+
+    def paired_ratios(
+        self, workload: str, numerator: str, denominator: str
+    ) -> list[float]:
+        """Return the ratio of two contenders' samples in each round both have."""
+        by_round = dict(
+            zip(
+                self.rounds.get((denominator, workload), []),
+                self.seconds.get((denominator, workload), []),
+                strict=True,
+            )
+        )
+        return [
+            value / by_round[round_index]
+            for round_index, value in zip(
+                self.rounds.get((numerator, workload), []),
+                self.seconds.get((numerator, workload), []),
+                strict=True,
+            )
+            if round_index in by_round
+        ]
 
 
 async def time_workload(
-    samples: Samples, contender: Contender, workload: str, counted: bool
+    samples: Samples, contender: Contender, workload: str, round_index: int | None
 ) -> None:
+    """Time one sample, and keep it when `round_index` (of the counted rounds)
+    is set."""
     operation: Callable[[], Awaitable[None]] = (
         contender.run_to_completion if workload == "run" else contender.exec_into
     )
@@ -581,8 +609,8 @@ async def time_workload(
         samples.errors.append(f"{contender.name} {workload}: {error}")
         logger.error("%s %s failed: %s", contender.name, workload, error)
         return
-    if counted:
-        samples.add(contender.name, workload, time.perf_counter() - began)
+    if round_index is not None:
+        samples.add(contender.name, workload, time.perf_counter() - began, round_index)
 
 
 @attrs.define
@@ -663,7 +691,9 @@ async def _run_rounds(
         counted = index >= warmup
         for contender in order.sample(list(contenders), len(contenders)):
             for workload in WORKLOADS:
-                await time_workload(samples, contender, workload, counted)
+                await time_workload(
+                    samples, contender, workload, index - warmup if counted else None
+                )
         if counted and (index - warmup + 1) % 10 == 0:
             print(f"round {index - warmup + 1} of {rounds}", flush=True)
 
@@ -708,7 +738,7 @@ def _report(outcome: Outcome, rounds: int) -> tuple[dict[str, Any], str]:
             values = seconds.get((contender, workload))
             if values:
                 stats.setdefault(workload, {})[contender] = _stats(values)
-    ratios = _ratios(stats)
+    ratios = _ratios(stats, outcome.samples)
 
     text = _stats_table(stats) + "\n" + _ratio_table(ratios)
     if outcome.versions:
@@ -739,15 +769,25 @@ def _report(outcome: Outcome, rounds: int) -> tuple[dict[str, Any], str]:
     return document, text
 
 
-def _ratios(stats: StatsByWorkload) -> StatsByWorkload:
-    """Return the RATIOS of medians and of p95s, by workload, where both exist."""
+def _ratios(stats: StatsByWorkload, samples: Samples) -> StatsByWorkload:
+    """Return the RATIOS by workload, where both contenders have samples.
+
+    Each comes as the median of the ratios within each round, the ratio of
+    the medians and the ratio of the p95s. The first pairs samples taken
+    seconds apart, so it cancels the drift of the machine's speed over the
+    minutes of a run. The others pool samples taken under whatever load
+    each moment had, and a contender that runs just after dockerd's
+    clean-up moves them more.
+    """
     ratios: StatsByWorkload = {}
     for workload, by_contender in stats.items():
         for numerator, denominator in RATIOS:
             if numerator not in by_contender or denominator not in by_contender:
                 continue
             top, bottom = by_contender[numerator], by_contender[denominator]
+            paired = samples.paired_ratios(workload, numerator, denominator)
             ratios.setdefault(workload, {})[f"{numerator}/{denominator}"] = {
+                "paired_median": round(statistics.median(paired), 3),
                 "median": round(top["median_ms"] / bottom["median_ms"], 3),
                 "p95": round(top["p95_ms"] / bottom["p95_ms"], 3),
             }
@@ -784,11 +824,18 @@ def _stats_table(stats: StatsByWorkload) -> str:
 
 def _ratio_table(ratios: StatsByWorkload) -> str:
     rows = [
-        (workload, key, f"{ratio['median']:.2f}", f"{ratio['p95']:.2f}")
+        (
+            workload,
+            key,
+            f"{ratio['paired_median']:.2f}",
+            f"{ratio['median']:.2f}",
+            f"{ratio['p95']:.2f}",
+        )
         for workload, by_key in ratios.items()
         for key, ratio in by_key.items()
     ]
-    return markdown_table(("workload", "ratio", "of medians", "of p95s"), rows)
+    header = ("workload", "ratio", "median within rounds", "of medians", "of p95s")
+    return markdown_table(header, rows)
 
 
 def clean_up_all(roots: Roots) -> None:
