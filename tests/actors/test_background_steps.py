@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import attrs
@@ -178,25 +178,21 @@ async def test_negative_control_trusting_unmount_in_flight_leaks_mount(
 
 
 class SlowExitStore(ContainerStore):
-    """A store whose write of the exit takes virtual seconds."""
+    """A store whose write of the exit takes virtual seconds.
+
+    With `makes_directory`, the negative control, the write then makes the
+    container's directory before it writes, as a save that does not trust
+    the directory to be there would.
+    """
+
+    makes_directory = False
 
     async def save(self, record: records.ContainerRecord) -> None:
         if record.state.status == records.EXITED:
             await trio.sleep(WRITE_SECONDS)
+        if self.makes_directory:
+            os.makedirs(self.directory(record.id), exist_ok=True)
         await super().save(record)
-
-
-Save = Callable[..., Awaitable[None]]
-
-
-def _make_directory_first(save: Save) -> Save:
-    async def save_anywhere(
-        self: ContainerStore, record: records.ContainerRecord
-    ) -> None:
-        os.makedirs(self.directory(record.id), exist_ok=True)
-        await save(self, record)
-
-    return save_anywhere
 
 
 @pytest.mark.parametrize("makes_directory", [False, True])
@@ -210,10 +206,7 @@ async def test_late_write_after_removal(
     # The exit's write lands after the removal renamed the directory. It
     # must fail, not make the directory again; the negative control, a
     # save that makes its directory first, brings the container back.
-    if makes_directory:
-        monkeypatch.setattr(
-            SlowExitStore, "save", _make_directory_first(SlowExitStore.save)
-        )
+    monkeypatch.setattr(SlowExitStore, "makes_directory", makes_directory)
     monkeypatch.setattr("actors.daemon.ContainerStore", SlowExitStore)
     setup = Setup(tmp_path)
     setup.initial()
