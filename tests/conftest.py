@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 REAL_REQUIREMENTS_HINT = (
-    "run as root after `make setup` (installs runc, busybox-static)"
+    "run as root after `make setup` (installs runc, busybox-static); the "
+    "docker CLI is not installed by it, and the tests use the `docker` on PATH"
 )
 
 
