@@ -14,9 +14,9 @@ Rules it keeps:
   deleted, the root filesystem unmounted and the lock-in cleared.
 - Only the start waits for a record write, the lock-in's, before it calls
   the runtime. The other writes, the unmount after an exit and the
-  deletion after a removal run in the background: writes land in the
-  order they were queued, a start waits for all of them first, and the
-  deletion waits for all of them before it unmounts and deletes.
+  deletion after a removal run in the background. Writes land in the
+  order they were queued. A start waits for all of them first, and so
+  does the deletion before it unmounts and deletes.
 """
 
 from __future__ import annotations
@@ -493,8 +493,13 @@ class ContainerActor:
         container_dir = self._store.directory(self.id)
 
         async def unmount() -> None:
+            # Shielded, as a start being undone in a daemon whose nursery is
+            # cancelled waits for it, and the mount would be left otherwise.
             try:
-                await trio.to_thread.run_sync(self._host.unmount_rootfs, container_dir)
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(
+                        self._host.unmount_rootfs, container_dir
+                    )
             except (DockyardError, OSError) as error:
                 logger.warning("unmount for container %s: %s", self.id[:12], error)
                 step.error = error
@@ -543,9 +548,12 @@ class ContainerActor:
         self._last_write = step
 
         async def save() -> None:
+            # Shielded like the unmount: a daemon whose nursery is cancelled
+            # still writes what its operations took.
             try:
-                await self._in_order(previous)
-                await self._store.save(record)
+                with trio.CancelScope(shield=True):
+                    await self._in_order(previous)
+                    await self._store.save(record)
             except OSError as error:
                 self._write_failed(error)
                 step.error = error

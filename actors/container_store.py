@@ -119,8 +119,19 @@ class ContainerStore:
                 remove_tree(leftover)
             except (DockyardError, OSError) as error:
                 logger.error("cannot delete %s: %s", leftover, error)
-        for path in sorted(self.root.glob(f"*/{RECORD_FILE}")):
-            if path.parent.name.startswith("."):
+        for directory in sorted(self.root.iterdir()):
+            path = directory / RECORD_FILE
+            if directory.name.startswith(".") or not directory.is_dir():
+                continue
+            if not path.exists():
+                # A create that a crash cut short leaves its directory with
+                # no record, or with only the temporary file of one.
+                logger.warning(
+                    "skipped %s: it has no %s, so no container is loaded from "
+                    "it. Delete it if no container is expected there.",
+                    directory,
+                    RECORD_FILE,
+                )
                 continue
             try:
                 record = record_from_json(path.read_bytes(), source=str(path))

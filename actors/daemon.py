@@ -29,7 +29,7 @@ from actors.container_actor import WAIT_CONDITIONS, ContainerActor
 from actors.container_store import ContainerStore
 from actors.events import EventBus
 from actors.exec_actor import ExecActor, ExecInstance, FrameSink
-from actors.host import Host, LinuxHost
+from actors.host import Host, LinuxHost, remove_tree
 from actors.images import IMAGES_DIRECTORY, ImageSource, ImageStore
 from actors.output import read_log
 from actors.reload_actor import (
@@ -325,26 +325,34 @@ class Daemon:
         self._nursery.start_soon(actor.run)
         return actor
 
-    async def _recover(self, record: ContainerRecord) -> ContainerRecord:
+    async def _recover(self, record: ContainerRecord, mounted: bool) -> ContainerRecord:
         """Settle a record the daemon before this one left mid-operation.
 
-        A record whose status is running, or created with a lock-in (a start was
-        under way), belongs to a daemon that died. Its runtime container is
-        deleted through the recorded binary and its root filesystem
-        unmounted, so it can be started again or removed.
+        A record whose status is running, or created with a lock-in (a start
+        was under way), belongs to a daemon that died. So does one whose
+        runtime container still exists whatever the record contains, as when the
+        daemon died before the running state was written, or when the state
+        file was unreadable. Its runtime container is deleted, through the
+        recorded binary or else the container's runtime in the current
+        configuration, and its root filesystem unmounted, so it can be
+        started again or removed. `mounted` is whether that filesystem is
+        mounted now; a mount alone is only unmounted.
         """
-        starting = record.state.status == records.CREATED and record.lockin is not None
-        if (
-            record.state.status not in (records.RUNNING, records.REMOVING)
-            and not starting
-        ):
+        status = record.state.status
+        starting = status == records.CREATED and record.lockin is not None
+        stopped_mid_run = status in (records.RUNNING, records.REMOVING)
+        if not (starting or stopped_mid_run):
+            stopped_mid_run = self._host.runtime_state_exists(record.id)
+        directory = self._store.directory(record.id)
+        if not (starting or stopped_mid_run or mounted):
             return record
         # NOTE: restoring containers that kept running through a daemon crash
         # is not built yet; such a container is deleted and marked exited.
-        if record.lockin is not None:
-            runtime = self._host.runtime(record.lockin.binary)
-            await _log_failure(runtime.delete(record.id, force=True), record.id)
-        directory = self._store.directory(record.id)
+        if starting or stopped_mid_run:
+            binary = self._recovery_binary(record)
+            if binary is not None:
+                runtime = self._host.runtime(binary)
+                await _log_failure(runtime.delete(record.id, force=True), record.id)
         await _log_failure(
             trio.to_thread.run_sync(self._host.unmount_rootfs, directory), record.id
         )
@@ -354,7 +362,7 @@ class Daemon:
                 error="the daemon stopped while the container was starting",
             )
             record = attrs.evolve(record, state=state, lockin=None)
-        else:
+        elif stopped_mid_run:
             state = attrs.evolve(
                 record.state,
                 status=records.EXITED,
@@ -363,14 +371,47 @@ class Daemon:
                 error="the daemon stopped while the container was running",
             )
             record = attrs.evolve(record, state=state)
+        else:
+            logger.info(
+                "container %s: unmounted the root filesystem a daemon left",
+                record.id[:12],
+            )
+            return record
         await self._store.save(record)
         logger.warning("container %s: %s", record.id[:12], record.state.error)
         return record
+
+    def _recovery_binary(self, record: ContainerRecord) -> str | None:
+        """Return the binary to delete a recovered container through."""
+        if record.lockin is not None:
+            return record.lockin.binary
+        try:
+            binary = self.snapshot().runtime(record.config.runtime).binary
+        except InvalidRequest as error:
+            logger.error(
+                "container %s has a runtime container but no lock-in, and its "
+                "runtime is not configured (%s). Delete it with `runc --root "
+                "%s delete --force %s`.",
+                record.id[:12],
+                error,
+                self._host.runtime_state_root,
+                record.id,
+            )
+            return None
+        logger.warning(
+            "container %s has a runtime container but no lock-in; deleting it "
+            "through %s",
+            record.id[:12],
+            binary,
+        )
+        return binary
 
     async def _load_containers(self) -> list[ContainerRecord]:
         loaded = await trio.to_thread.run_sync(
             self._store.load_all, self._host.unmount_rootfs
         )
+        directories = [self._store.directory(record.id) for record in loaded]
+        mounted = await trio.to_thread.run_sync(self._host.mounted_rootfs, directories)
         kept: list[ContainerRecord] = []
         for record in loaded:
             try:
@@ -382,13 +423,38 @@ class Daemon:
                     record.config.image_id,
                 )
                 continue
-            record = await self._recover(record)
+            directory = self._store.directory(record.id)
+            record = await self._recover(record, directory in mounted)
             self._register(record)
             kept.append(record)
         logger.info("loaded %d containers", len(kept))
+        known = {record.id for record in loaded}
+        await trio.to_thread.run_sync(self._remove_stale_bundles, known)
         return kept
 
+    def _remove_stale_bundles(self, known: set[str]) -> None:
+        """Delete the bundles of containers that have no record; blocking.
+
+        A daemon that died between a removal's rename and its deletion
+        leaves the bundle behind.
+        """
+        try:
+            bundles = list(self._bundles.iterdir())
+        except FileNotFoundError:
+            return
+        for bundle in bundles:
+            if bundle.name in known:
+                continue
+            logger.info("deleting bundle %s, which no container has", bundle)
+            try:
+                remove_tree(bundle)
+            except OSError as error:
+                logger.error("cannot delete bundle %s: %s", bundle, error)
+
     async def _shut_down(self) -> None:
+        # NOTE: a stop already in flight keeps its own grace period, so the
+        # shutdown can take longer than shutdown-timeout, and forever behind
+        # a stop that never sends SIGKILL (a negative timeout).
         grace = self.snapshot().config.shutdown_timeout
         running = sum(actor.record.running for actor in self._containers.values())
         logger.info("stopping %d running containers (grace %ss)", running, grace)

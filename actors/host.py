@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -116,6 +117,16 @@ class Host(Protocol):
     def unmount_rootfs(self, container_dir: Path) -> None:
         """Unmount it if it is mounted; blocking, for a worker thread."""
 
+    def mounted_rootfs(self, container_dirs: Sequence[Path]) -> set[Path]:
+        """Return those of `container_dirs` whose root filesystem is mounted."""
+
+    def runtime_state_exists(self, container_id: str) -> bool:
+        """Return whether the runtime has state for a container of that id."""
+
+    @property
+    def runtime_state_root(self) -> Path:
+        """The directory every runtime keeps its containers' state in."""
+
     async def run_background(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -159,6 +170,23 @@ class LinuxHost:
 
     def unmount_rootfs(self, container_dir: Path) -> None:
         rootfs.unmount(rootfs_path(container_dir))
+
+    def mounted_rootfs(self, container_dirs: Sequence[Path]) -> set[Path]:
+        points = rootfs.mount_points()
+        return {
+            directory
+            for directory in container_dirs
+            if os.fsencode(os.path.realpath(rootfs_path(directory))) in points
+        }
+
+    def runtime_state_exists(self, container_id: str) -> bool:
+        # Every runtime call passes `--root state_root`, and runc keeps a
+        # container's state in a directory of its id there.
+        return (self.state_root / container_id).is_dir()
+
+    @property
+    def runtime_state_root(self) -> Path:
+        return self.state_root
 
     async def run_background(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -113,14 +113,19 @@ def unmount(target: Path) -> None:
 
 def is_mounted(target: Path) -> bool:
     """Return whether `target`, with symlinks resolved, is a mount point."""
-    mount_point = os.fsencode(os.path.realpath(target))
+    return os.fsencode(os.path.realpath(target)) in mount_points()
+
+
+def mount_points() -> set[bytes]:
+    """Return the mount points of this process's mount namespace, one read."""
+    points: set[bytes] = set()
     with open(MOUNTINFO, "rb") as mountinfo:
         for line in mountinfo:
             # Field 5 is the mount point, relative to the process's root.
             fields = line.split(b" ")
-            if len(fields) > 4 and _unescape_mountinfo(fields[4]) == mount_point:
-                return True
-    return False
+            if len(fields) > 4:
+                points.add(_unescape_mountinfo(fields[4]))
+    return points
 
 
 def _escape_option_path(path: Path) -> str:

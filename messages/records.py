@@ -25,7 +25,8 @@ EXITED = "exited"
 REMOVING = "removing"
 
 RECORD_FORMAT_VERSION = 1
-_DECODE_ERRORS = (ValueError, KeyError, TypeError, AttributeError)
+# RecursionError: json.loads of deeply nested arrays.
+_DECODE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
 def _frozen_labels(value: Mapping[str, str]) -> Mapping[str, str]:
@@ -149,13 +150,7 @@ def record_from_json(data: bytes, *, source: str) -> ContainerRecord:
         if document.get("version") != RECORD_FORMAT_VERSION:
             raise ValueError(f"unknown record version {document.get('version')!r}")
         return RECORD_CONVERTER.structure(document["container"], ContainerRecord)
-    except (
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        cattrs.BaseValidationError,
-    ) as error:
+    except (*_DECODE_ERRORS, cattrs.BaseValidationError) as error:
         raise InvalidRequest(
             f"container record {source} is unreadable ({error}); move it away "
             "to let the daemon start without it."

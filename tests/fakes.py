@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import signal as signals
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +274,16 @@ class FakeHost:
 
     def unmount_rootfs(self, container_dir: Path) -> None:
         pass
+
+    def mounted_rootfs(self, container_dirs: Sequence[Path]) -> set[Path]:
+        return set()
+
+    def runtime_state_exists(self, container_id: str) -> bool:
+        return container_id in self.machine.containers
+
+    @property
+    def runtime_state_root(self) -> Path:
+        return Path("/fake/runtime/state")
 
     async def run_background(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -543,3 +543,20 @@ async def test_negative_control_unordered_writes_lose_the_exit(
         await ExitFirstStore.running_written.wait()
     record = json.loads((_on_disk(setup, container_id) / "state.json").read_text())
     assert record["stored"]["state"]["status"] == records.RUNNING
+
+
+async def test_stale_bundles_are_deleted_at_start(
+    autojump_clock: trio.testing.MockClock, setup: Setup, machine: FakeMachine
+) -> None:
+    async with _open(setup, machine) as daemon:
+        await daemon.import_image(chunks_of(tiny_image_tar()), reference="tiny")
+        container_id = await _create(daemon, name="kept")
+    bundles = Path(setup.flags.exec_root or "") / "containers"
+    # What a daemon killed between a removal's rename and its deletion
+    # leaves, beside the bundle of a container that still exists.
+    (bundles / ("f" * 64)).mkdir(parents=True)
+    (bundles / ("f" * 64) / "config.json").write_text("{}")
+    (bundles / container_id).mkdir()
+    async with _open(setup, machine):
+        pass
+    assert [path.name for path in bundles.iterdir()] == [container_id]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_process import DaemonProcess, running_daemon
+from daemon_process import DaemonProcess, running_daemon, start_daemon
 
 pytestmark = [pytest.mark.real, pytest.mark.docker_cli]
 
@@ -248,3 +248,68 @@ def test_sigterm_stops_containers_and_exits_zero() -> None:
         assert listed.stdout.split() == []
         mounts = Path("/proc/self/mounts").read_text()
         assert str(daemon.root) not in mounts
+
+
+def _delete_runc_container(daemon: DaemonProcess, container_id: str) -> None:
+    runc = shutil.which("runc")
+    assert runc is not None
+    state = daemon.root / "exec" / "runc"
+    subprocess.run(
+        [runc, "--root", str(state), "delete", "--force", container_id], check=True
+    )
+
+
+def _runc_containers(daemon: DaemonProcess) -> list[str]:
+    runc = shutil.which("runc")
+    assert runc is not None
+    state = daemon.root / "exec" / "runc"
+    listed = subprocess.run(
+        [runc, "--root", str(state), "list", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return listed.stdout.split()
+
+
+@pytest.mark.parametrize(
+    "damage", ["none", "exited-state", "empty-state", "mount-only"]
+)
+def test_sigkilled_daemon_recovers_container(damage: str) -> None:
+    # A daemon killed with a container running leaves the container, its
+    # mount and its state file. The next daemon deletes the runtime container
+    # and unmounts, whatever the state file contains: also when it was written
+    # as exited (the running state not yet written), or is unreadable. With
+    # only the mount left, as by a daemon killed in a start's first steps,
+    # the container is unmounted and stays created.
+    with running_daemon() as daemon:
+        started = daemon.docker(
+            "run", "-d", "--name", "left", "busybox", "sleep", "999"
+        )
+        assert started.code == 0, started.stderr
+        container_id = started.stdout.strip()
+        daemon.process.kill()
+        daemon.process.wait()
+        state_file = daemon.root / "data" / "containers" / container_id / "state.json"
+        if damage == "exited-state":
+            stored = json.loads(state_file.read_text())
+            stored["stored"]["state"]["status"] = "exited"
+            state_file.write_text(json.dumps(stored))
+        elif damage == "empty-state":
+            state_file.write_text("")
+        assert _runc_containers(daemon) == [container_id]
+        if damage == "mount-only":
+            _delete_runc_container(daemon, container_id)
+            state_file.unlink()
+
+        daemon.process = start_daemon(daemon.root).process
+        assert _runc_containers(daemon) == []
+        assert f"{daemon.root}/" not in Path("/proc/self/mounts").read_text()
+        listed = daemon.docker("ps", "-a", "--format", "{{.Names}} {{.Status}}")
+        assert listed.code == 0, listed.stderr
+        expected = "left Created" if damage == "mount-only" else "left Exited (255)"
+        assert listed.stdout.startswith(expected), listed.stdout
+        removed = daemon.docker("rm", "left")
+        assert removed.code == 0, removed.stderr
+        assert daemon.terminate() == 0, daemon.log()
+        assert list((daemon.root / "data" / "containers").iterdir()) == []
