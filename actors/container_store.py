@@ -1,8 +1,12 @@
 """Container records on disk, in `<data-root>/containers/<id>/`.
 
-`record.json` is the whole record as the create made it. It is flushed to
-the disk before it is renamed into place, as dockerd checkpoints a
-container, and it is never written again. `state.json` holds what changes
+`record.json` is the whole record as the create made it, and it is never
+written again. The create renames it into place and returns, and the file
+is flushed to the disk right after, in the background. dockerd's atomic
+file writer (moby's pkg/ioutils) flushes before the rename instead. Here a
+power loss in the milliseconds between the rename and the flush can leave
+the file empty, so the next start deletes a directory whose record is
+empty. `state.json` holds what changes
 later, the state and the runtime lock-in, and each change replaces it by a
 rename without waiting for the disk. That keeps the disk off the path of a
 start and an exit, and loses nothing that matters:
@@ -35,7 +39,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from actors.atomic import replace_unsynced, write_atomically
+from actors.atomic import replace_unsynced
 from actors.host import remove_tree
 from messages.errors import DockyardError, InvalidRequest
 from messages.records import (
@@ -65,16 +69,38 @@ class ContainerStore:
         return self.directory(container_id) / LOG_FILE
 
     async def create(self, record: ContainerRecord) -> None:
-        """Make the container's directory and write its first record."""
+        """Make the container's directory and write its first record.
+
+        The caller flushes it with `flush` afterwards.
+        """
         directory = self.directory(record.id)
 
         def create() -> None:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_atomically(
-                directory / RECORD_FILE, record_to_json(record), durable=False
-            )
+            replace_unsynced(directory / RECORD_FILE, record_to_json(record))
 
         await trio.to_thread.run_sync(create)
+
+    async def flush(self, container_id: str) -> None:
+        """Flush the record that `create` wrote to the disk, and log a failure.
+
+        A container removed meanwhile is skipped.
+        """
+        path = self.directory(container_id) / RECORD_FILE
+
+        def flush() -> None:
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+
+        try:
+            await trio.to_thread.run_sync(flush)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            logger.error("flushing %s to the disk failed: %s", path, error)
 
     async def save(self, record: ContainerRecord) -> None:
         """Replace the state and lock-in of `record`, without waiting for the disk.
@@ -134,12 +160,27 @@ class ContainerStore:
                 )
                 continue
             try:
-                record = record_from_json(path.read_bytes(), source=str(path))
+                content = path.read_bytes()
+                if not content:
+                    _remove_lost_create(directory)
+                    continue
+                record = record_from_json(content, source=str(path))
             except (OSError, InvalidRequest) as error:
                 logger.error("skipped container record %s: %s", path, error)
                 continue
             records.append(_with_stored_state(record, path.parent / STATE_FILE))
         return records
+
+
+def _remove_lost_create(directory: Path) -> None:
+    """Delete the directory of a create whose record never reached the disk."""
+    logger.warning(
+        "deleting %s: its %s is empty, as a power loss right after the "
+        "create leaves it, so its container was never saved",
+        directory,
+        RECORD_FILE,
+    )
+    remove_tree(directory)
 
 
 def _with_stored_state(record: ContainerRecord, path: Path) -> ContainerRecord:

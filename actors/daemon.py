@@ -170,10 +170,11 @@ class Daemon:
         record = ContainerRecord(
             id=container_id, name=name, created=time.time(), config=config
         )
-        # Flushed and renamed into place, as dockerd checkpoints a container,
-        # but the directory is not synced, so a power loss right after the
-        # create may lose the container.
+        # Renamed into place, and flushed to the disk in the background. Like
+        # dockerd, the daemon does not sync the directory, so a power loss
+        # right after the create may lose the container.
         await self._store.create(record)
+        self._background.start_soon(lambda: self._store.flush(container_id))
         self._register(record)
         logger.info("created container %s (%s)", container_id[:12], name)
         self._events.emit(

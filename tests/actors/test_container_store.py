@@ -131,3 +131,27 @@ async def test_save_to_missing_directory_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         await ContainerStore(tmp_path).save(record)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_empty_record_of_lost_create_is_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a power loss between the create's rename and its flush leaves.
+    store = ContainerStore(tmp_path)
+    record = _record("6" * 64)
+    await store.create(record)
+    (store.directory(record.id) / RECORD_FILE).write_bytes(b"")
+
+    assert store.load_all() == []
+    assert not store.directory(record.id).exists()
+    assert "never saved" in caplog.text
+
+
+async def test_flush_of_removed_container_is_skipped(tmp_path: Path) -> None:
+    store = ContainerStore(tmp_path)
+    record = _record("5" * 64)
+    await store.create(record)
+    await store.flush(record.id)
+    store.discard(record.id)
+
+    await store.flush(record.id)
