@@ -408,11 +408,7 @@ class Daemon:
         return binary
 
     async def _load_containers(self) -> list[ContainerRecord]:
-        loaded = await trio.to_thread.run_sync(
-            self._store.load_all, self._host.unmount_rootfs
-        )
-        directories = [self._store.directory(record.id) for record in loaded]
-        mounted = await trio.to_thread.run_sync(self._host.mounted_rootfs, directories)
+        loaded, mounted = await trio.to_thread.run_sync(self._read_containers)
         kept: list[ContainerRecord] = []
         for record in loaded:
             try:
@@ -429,9 +425,16 @@ class Daemon:
             self._register(record)
             kept.append(record)
         logger.info("loaded %d containers", len(kept))
-        known = {record.id for record in loaded}
-        await trio.to_thread.run_sync(self._remove_stale_bundles, known)
         return kept
+
+    def _read_containers(self) -> tuple[list[ContainerRecord], set[Path]]:
+        """Load the records, find the mounted root filesystems and delete
+        stale bundles: one worker thread call at start. Blocking."""
+        loaded = self._store.load_all(self._host.unmount_rootfs)
+        directories = [self._store.directory(record.id) for record in loaded]
+        mounted = self._host.mounted_rootfs(directories)
+        self._remove_stale_bundles({record.id for record in loaded})
+        return loaded, mounted
 
     def _remove_stale_bundles(self, known: set[str]) -> None:
         """Delete the bundles of containers that have no record; blocking.
