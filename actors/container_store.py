@@ -113,6 +113,14 @@ class ContainerStore:
         content = state_to_json(record)
         await trio.to_thread.run_sync(replace_unsynced, path, content)
 
+    def container_ids(self) -> set[str]:
+        """Return the names of the container directories, loaded or not; blocking."""
+        try:
+            entries = list(self.root.iterdir())
+        except FileNotFoundError:
+            return set()
+        return {entry.name for entry in entries if not entry.name.startswith(".")}
+
     def discard(self, container_id: str) -> Path | None:
         """Take the record away at once; return the directory left to purge.
 
@@ -161,7 +169,7 @@ class ContainerStore:
                 continue
             try:
                 content = path.read_bytes()
-                if not content:
+                if not content and _holds_only_its_record(directory):
                     _remove_lost_create(directory)
                     continue
                 record = record_from_json(content, source=str(path))
@@ -170,6 +178,20 @@ class ContainerStore:
                 continue
             records.append(_with_stored_state(record, path.parent / STATE_FILE))
         return records
+
+
+def _holds_only_its_record(directory: Path) -> bool:
+    """Return whether `directory` has nothing but its record and the
+    temporary files of record writes.
+
+    A create that a power loss cut short leaves no more. Anything else, a
+    state file or a root filesystem, means the container was started, and
+    it may still run, so its files are not deleted.
+    """
+    for entry in directory.iterdir():
+        if entry.name != RECORD_FILE and not entry.name.startswith(f".{RECORD_FILE}."):
+            return False
+    return True
 
 
 def _remove_lost_create(directory: Path) -> None:

@@ -433,11 +433,13 @@ class Daemon:
         loaded = self._store.load_all(self._host.unmount_rootfs)
         directories = [self._store.directory(record.id) for record in loaded]
         mounted = self._host.mounted_rootfs(directories)
-        self._remove_stale_bundles({record.id for record in loaded})
+        # A directory whose record was skipped keeps its bundle too: its
+        # container may still run.
+        self._remove_stale_bundles(self._store.container_ids())
         return loaded, mounted
 
     def _remove_stale_bundles(self, known: set[str]) -> None:
-        """Delete the bundles of containers that have no record; blocking.
+        """Delete the bundles of containers that have no directory; blocking.
 
         A daemon that died between a removal's rename and its deletion
         leaves the bundle behind.

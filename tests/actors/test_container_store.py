@@ -155,3 +155,18 @@ async def test_flush_of_removed_container_is_skipped(tmp_path: Path) -> None:
     store.discard(record.id)
 
     await store.flush(record.id)
+
+
+async def test_empty_record_of_started_container_is_kept(tmp_path: Path) -> None:
+    # An empty record beside the files of a start is not a lost create: the
+    # container may still run on its root filesystem, so nothing is deleted.
+    store = ContainerStore(tmp_path)
+    record = _record("4" * 64)
+    await store.create(record)
+    await store.save(record)
+    (store.directory(record.id) / "rootfs").mkdir()
+    (store.directory(record.id) / RECORD_FILE).write_bytes(b"")
+
+    assert store.load_all() == []
+    assert (store.directory(record.id) / "rootfs").is_dir()
+    assert (store.directory(record.id) / STATE_FILE).exists()
