@@ -6,7 +6,7 @@ is flushed to the disk right after, in the background. dockerd's atomic
 file writer (moby's pkg/ioutils) flushes before the rename instead. Here a
 power loss in the milliseconds between the rename and the flush can leave
 the file empty, so the next start deletes a directory whose record is
-empty. `state.json` holds what changes
+empty. `state.json` contains what changes
 later, the state and the runtime lock-in, and each change replaces it by a
 rename without waiting for the disk. That keeps the disk off the path of a
 start and an exit, and loses nothing that matters:
@@ -169,7 +169,7 @@ class ContainerStore:
                 continue
             try:
                 content = path.read_bytes()
-                if not content and _holds_only_its_record(directory):
+                if not content and _contains_only_its_record(directory):
                     _remove_lost_create(directory)
                     continue
                 record = record_from_json(content, source=str(path))
@@ -180,7 +180,7 @@ class ContainerStore:
         return records
 
 
-def _holds_only_its_record(directory: Path) -> bool:
+def _contains_only_its_record(directory: Path) -> bool:
     """Return whether `directory` has nothing but its record and the
     temporary files of record writes.
 

@@ -340,10 +340,15 @@ class Daemon:
         mounted now; a mount alone is only unmounted.
         """
         status = record.state.status
-        starting = status == records.CREATED and record.lockin is not None
-        stopped_mid_run = status in (records.RUNNING, records.REMOVING)
-        if not (starting or stopped_mid_run):
-            stopped_mid_run = self._host.runtime_state_exists(record.id)
+        # A start whose runtime container exists got as far as the runtime,
+        # and its running state may just not have been written yet.
+        started = status in (records.RUNNING, records.REMOVING)
+        stopped_mid_run = started or self._host.runtime_state_exists(record.id)
+        starting = (
+            status == records.CREATED
+            and record.lockin is not None
+            and not stopped_mid_run
+        )
         directory = self._store.directory(record.id)
         if not (starting or stopped_mid_run or mounted):
             return record

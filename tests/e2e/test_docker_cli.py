@@ -313,3 +313,25 @@ def test_sigkilled_daemon_recovers_container(damage: str) -> None:
         assert removed.code == 0, removed.stderr
         assert daemon.terminate() == 0, daemon.log()
         assert list((daemon.root / "data" / "containers").iterdir()) == []
+
+
+def test_empty_record_of_running_container_keeps_files() -> None:
+    # An empty record.json beside a running container is not a create lost
+    # to a power loss: the container's files stay, and its record is skipped.
+    with running_daemon() as daemon:
+        started = daemon.docker("run", "-d", "busybox", "sleep", "999")
+        assert started.code == 0, started.stderr
+        container_id = started.stdout.strip()
+        daemon.process.kill()
+        daemon.process.wait()
+        directory = daemon.root / "data" / "containers" / container_id
+        (directory / "record.json").write_text("")
+
+        daemon.process = start_daemon(daemon.root).process
+        assert (directory / "upper").is_dir()
+        assert (directory / "rootfs" / "bin" / "sleep").exists()
+        assert (daemon.root / "exec" / "containers" / container_id).is_dir()
+        assert _runc_containers(daemon) == [container_id]
+        listed = daemon.docker("ps", "-a", "-q")
+        assert listed.stdout.split() == []
+        assert "record.json is unreadable" in daemon.log()
