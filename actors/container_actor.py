@@ -112,9 +112,9 @@ class ContainerActor:
         # a start, until a delete through the lock-in has succeeded.
         self._runtime_container = record.lockin is not None
         # Whether this actor may have mounted the root filesystem and has
-        # not unmounted it; the daemon's start-up recovery unmounts older ones.
+        # not unmounted it. The daemon's start-up recovery unmounts older ones.
         self._mounted = False
-        # The last record write queued; each write waits for the one before.
+        # The last record write queued. Each write waits for the one before it.
         self._last_write: _Step | None = None
         # The unmount under way, if any.
         self._unmounting: _Step | None = None
@@ -244,7 +244,7 @@ class ContainerActor:
         # as a power loss ends the container too. The write overlaps the
         # mount and the bundle, which do not need it.
         written = self._save_in_background(attrs.evolve(self._record, lockin=lockin))
-        # Possibly mounted from here on; an unmount of nothing does nothing.
+        # Possibly mounted from here on, as an unmount of nothing does nothing.
         self._mounted = True
         await trio.to_thread.run_sync(self._prepare, lockin)
         await written.done.wait()
@@ -464,7 +464,7 @@ class ContainerActor:
             await trio.to_thread.run_sync(self._delete_files, discarded, mounted)
 
     def _delete_files(self, discarded: Path | None, mounted: bool) -> None:
-        """Unmount and delete what `_purge` deletes; blocking."""
+        """Unmount and delete what `_purge` deletes. Blocking."""
         if discarded is not None:
             try:
                 if mounted:
@@ -502,7 +502,6 @@ class ContainerActor:
                     )
             except (DockyardError, OSError) as error:
                 logger.warning("unmount for container %s: %s", self.id[:12], error)
-                step.error = error
             else:
                 self._mounted = False
             finally:

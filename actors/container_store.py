@@ -114,7 +114,7 @@ class ContainerStore:
         await trio.to_thread.run_sync(replace_unsynced, path, content)
 
     def container_ids(self) -> set[str]:
-        """Return the names of the container directories, loaded or not; blocking."""
+        """Return the names of the container directories, loaded or not. Blocking."""
         try:
             entries = list(self.root.iterdir())
         except FileNotFoundError:

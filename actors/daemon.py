@@ -405,8 +405,8 @@ class Daemon:
             )
             return None
         logger.warning(
-            "container %s has a runtime container but no lock-in; deleting it "
-            "through %s",
+            "container %s has a runtime container but no lock-in, so it is "
+            "deleted through %s",
             record.id[:12],
             binary,
         )
@@ -444,7 +444,7 @@ class Daemon:
         return loaded, mounted
 
     def _remove_stale_bundles(self, known: set[str]) -> None:
-        """Delete the bundles of containers that have no directory; blocking.
+        """Delete the bundles of containers that have no directory. Blocking.
 
         A daemon that died between a removal's rename and its deletion
         leaves the bundle behind.

@@ -112,10 +112,10 @@ class Host(Protocol):
     ) -> None: ...
 
     def mount_rootfs(self, image_rootfs: Path, container_dir: Path) -> Path:
-        """Mount the container's root filesystem; blocking, for a worker thread."""
+        """Mount the container's root filesystem. Blocking, for a worker thread."""
 
     def unmount_rootfs(self, container_dir: Path) -> None:
-        """Unmount it if it is mounted; blocking, for a worker thread."""
+        """Unmount it if it is mounted. Blocking, for a worker thread."""
 
     def mounted_rootfs(self, container_dirs: Sequence[Path]) -> set[Path]:
         """Return those of `container_dirs` whose root filesystem is mounted."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import types
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -25,6 +25,7 @@ EXITED = "exited"
 REMOVING = "removing"
 
 RECORD_FORMAT_VERSION = 1
+T = TypeVar("T")
 # RecursionError: json.loads of deeply nested arrays.
 _DECODE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
@@ -106,11 +107,7 @@ RECORD_CONVERTER = _make_converter()
 
 
 def record_to_json(record: ContainerRecord) -> bytes:
-    document: dict[str, Any] = {
-        "version": RECORD_FORMAT_VERSION,
-        "container": RECORD_CONVERTER.unstructure(record),
-    }
-    return json.dumps(document, sort_keys=True).encode()
+    return _encode("container", record)
 
 
 @attrs.frozen
@@ -122,36 +119,42 @@ class StoredState:
 
 
 def state_to_json(record: ContainerRecord) -> bytes:
-    stored = StoredState(state=record.state, lockin=record.lockin)
-    document: dict[str, Any] = {
-        "version": RECORD_FORMAT_VERSION,
-        "stored": RECORD_CONVERTER.unstructure(stored),
-    }
-    return json.dumps(document, sort_keys=True).encode()
+    return _encode("stored", StoredState(state=record.state, lockin=record.lockin))
 
 
 def state_from_json(data: bytes, *, source: str) -> StoredState:
     """Decode a state file; `source` names it in the error."""
     try:
-        document = json.loads(data)
-        if document.get("version") != RECORD_FORMAT_VERSION:
-            raise ValueError(f"unknown state version {document.get('version')!r}")
-        return RECORD_CONVERTER.structure(document["stored"], StoredState)
+        return _decode(data, "stored", StoredState)
     except (*_DECODE_ERRORS, cattrs.BaseValidationError) as error:
-        raise InvalidRequest(
-            f"container state {source} is unreadable ({error})"
-        ) from None
+        message = f"container state {source} is unreadable ({error})"
+        raise InvalidRequest(message) from None
 
 
 def record_from_json(data: bytes, *, source: str) -> ContainerRecord:
     """Decode a record file; `source` names it in the error."""
     try:
-        document = json.loads(data)
-        if document.get("version") != RECORD_FORMAT_VERSION:
-            raise ValueError(f"unknown record version {document.get('version')!r}")
-        return RECORD_CONVERTER.structure(document["container"], ContainerRecord)
+        return _decode(data, "container", ContainerRecord)
     except (*_DECODE_ERRORS, cattrs.BaseValidationError) as error:
         raise InvalidRequest(
             f"container record {source} is unreadable ({error}); move it away "
             "to let the daemon start without it."
         ) from None
+
+
+def _encode(key: str, value: object) -> bytes:
+    """Encode `value` under `key`, beside the format version."""
+    document: dict[str, Any] = {
+        "version": RECORD_FORMAT_VERSION,
+        key: RECORD_CONVERTER.unstructure(value),
+    }
+    return json.dumps(document, sort_keys=True).encode()
+
+
+def _decode(data: bytes, key: str, kind: type[T]) -> T:
+    """Decode what `_encode` wrote, raising a _DECODE_ERRORS or cattrs error."""
+    document = json.loads(data)
+    if document.get("version") != RECORD_FORMAT_VERSION:
+        raise ValueError(f"unknown format version {document.get('version')!r}")
+    structured: T = RECORD_CONVERTER.structure(document[key], kind)
+    return structured

@@ -204,7 +204,7 @@ async def test_late_write_after_removal(
     makes_directory: bool,
 ) -> None:
     # The exit's write lands after the removal renamed the directory. It
-    # must fail, not make the directory again; the negative control, a
+    # must fail, not make the directory again. The negative control, a
     # save that makes its directory first, brings the container back.
     monkeypatch.setattr(SlowExitStore, "makes_directory", makes_directory)
     monkeypatch.setattr("actors.daemon.ContainerStore", SlowExitStore)

@@ -380,13 +380,7 @@ async def test_interrupted_start_is_cleaned_at_restart(
         record = daemon.container(container_id)
     # What a daemon killed between saving the lock-in and runtime start
     # leaves on disk.
-    lockin = records.RuntimeLockIn(
-        name="runc",
-        binary=str(setup.runtime_a),
-        path=str(setup.runtime_a),
-        generation=1,
-        apparmor_profile="",
-    )
+    lockin = _lockin(setup)
     store = ContainerStore(Path(setup.flags.data_root or "") / "containers")
     await store.save(attrs.evolve(record, lockin=lockin))
     async with _open(setup, machine) as daemon:
@@ -408,13 +402,7 @@ async def test_container_running_at_daemon_death_is_recovered(
         record = daemon.container(container_id)
     # What a daemon killed while the container ran leaves: the state file
     # that the kernel kept for it.
-    lockin = records.RuntimeLockIn(
-        name="runc",
-        binary=str(setup.runtime_a),
-        path=str(setup.runtime_a),
-        generation=1,
-        apparmor_profile="",
-    )
+    lockin = _lockin(setup)
     state = records.ContainerState(status=records.RUNNING, pid=4321)
     store = ContainerStore(Path(setup.flags.data_root or "") / "containers")
     await store.save(attrs.evolve(record, state=state, lockin=lockin))
@@ -455,6 +443,17 @@ class SlowStore(ContainerStore):
         if record.state.status == self.slow_status:
             await trio.sleep(self.delay)
         await super().save(record)
+
+
+def _lockin(setup: Setup) -> records.RuntimeLockIn:
+    """Return the lock-in that a start through runtime_a records."""
+    return records.RuntimeLockIn(
+        name="runc",
+        binary=str(setup.runtime_a),
+        path=str(setup.runtime_a),
+        generation=1,
+        apparmor_profile="",
+    )
 
 
 def _on_disk(setup: Setup, container_id: str) -> Path:

@@ -236,16 +236,7 @@ def test_sigterm_stops_containers_and_exits_zero() -> None:
         started = daemon.docker("run", "-d", "busybox", "sh", "-c", TERMINABLE)
         assert started.code == 0, started.stderr
         assert daemon.terminate() == 0, daemon.log()
-        runc = shutil.which("runc")
-        assert runc is not None
-        state = daemon.root / "exec" / "runc"
-        listed = subprocess.run(
-            [runc, "--root", str(state), "list", "-q"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert listed.stdout.split() == []
+        assert _runc_containers(daemon) == []
         mounts = Path("/proc/self/mounts").read_text()
         assert str(daemon.root) not in mounts
 
