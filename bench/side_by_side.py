@@ -19,6 +19,11 @@ Four contenders:
   started here on its own data root with the vfs storage driver and no
   bridge, through the same docker CLI.
 
+`--contender dockyard-api-tmpfs` adds a fifth: a second in-process daemon
+whose data root, with its records, images and overlay directories, is
+under `--state-dir` too, a tmpfs by default. Beside dockyard-api in the
+same run, it shows how much the file system under the data root costs.
+
 All contenders are set up first. Then each round runs both workloads once
 on every contender, in a random order drawn anew each round from `--seed`.
 So each contender runs after each other one about equally often, and drift
@@ -75,7 +80,10 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 DOCKYARD = ROOT / ".venv" / "bin" / "dockyard"
 WORKLOADS = ("run", "exec")
-CONTENDERS = ("runc", "dockyard-api", "dockyard-cli", "dockerd")
+DEFAULT_CONTENDERS = ("runc", "dockyard-api", "dockyard-cli", "dockerd")
+# Opt-in: dockyard-api with every file of its daemon under --state-dir,
+# which shows what the file system under the data root costs.
+CONTENDERS = (*DEFAULT_CONTENDERS, "dockyard-api-tmpfs")
 RUN_COMMAND = ("true",)
 EXEC_COMMAND = ("true",)
 SLEEP_COMMAND = ("sleep", "100000")
@@ -657,6 +665,12 @@ async def _set_up(
                 api = DockyardApi(roots.part("api"))
                 await api.set_up(stack)
                 contenders.append(api)
+            elif name == "dockyard-api-tmpfs":
+                # Its data root too goes under the state directory.
+                state = roots.state / "api-tmpfs"
+                api = DockyardApi(Roots(files=state, state=state), name=name)
+                await api.set_up(stack)
+                contenders.append(api)
             elif name == "runc":
                 raw = RawRunc(roots.part("runc"), runc)
                 await raw.set_up(stack)
@@ -699,13 +713,14 @@ async def _run_rounds(
 
 
 def _order(selected: Sequence[str]) -> list[str]:
-    """Put dockyard-api first, so that this process is a child subreaper
-    before the raw runc sleeper starts (see the module docstring)."""
-    return sorted(selected, key=lambda name: name != "dockyard-api")
+    """Put the in-process daemons first, so that this process is a child
+    subreaper before the raw runc sleeper starts (see the module docstring)."""
+    return sorted(selected, key=lambda name: not name.startswith("dockyard-api"))
 
 
 RATIOS = (
     ("dockyard-api", "runc"),
+    ("dockyard-api-tmpfs", "runc"),
     ("dockyard-cli", "runc"),
     ("dockerd", "runc"),
     ("dockerd", "dockyard-cli"),
@@ -849,7 +864,7 @@ def clean_up_all(roots: Roots) -> None:
             check=False,
             timeout=COMMAND_TIMEOUT_SECONDS,
         )
-    for part in ("api", "cli"):
+    for part in ("api", "api-tmpfs", "cli"):
         # Runtime state first: clean_up deletes the runc containers it lists
         # there, and then the mounts under the files.
         for directory in (roots.state / part, roots.files / part):
@@ -879,7 +894,7 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--contender",
         choices=CONTENDERS,
         action="append",
-        help="contender to run (repeatable); default: all",
+        help="contender to run (repeatable); default: all but dockyard-api-tmpfs",
     )
     parser.add_argument(
         "--tmp-dir",
@@ -915,7 +930,7 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parse_arguments(argv)
     logging.basicConfig(level=arguments.log_level.upper())
-    selected = _order(arguments.contender or list(CONTENDERS))
+    selected = _order(arguments.contender or list(DEFAULT_CONTENDERS))
     # Short paths, because a Unix socket path is limited to 107 bytes.
     roots = Roots(
         files=Path(tempfile.mkdtemp(prefix="dysbs-", dir=arguments.tmp_dir)),
