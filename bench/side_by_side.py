@@ -28,6 +28,11 @@ All contenders are set up first. Then each round runs both workloads once
 on every contender, in a random order drawn anew each round from `--seed`.
 So each contender runs after each other one about equally often, and drift
 of the machine spreads over all of them. Warm-up rounds are not counted.
+Each sample starts after an untimed pause, `--pause-ms` (50 by default).
+Back to back, a sample inherits the kernel state of the one before it.
+runc's cgroup write skips its wait for an RCU grace period when another
+process's wait ended just before. Raw runc reaches that write soonest
+after the previous sample, so it gains most.
 A contender that cannot start is reported with its command and error, and
 the others still run.
 
@@ -105,6 +110,9 @@ LOG_TAIL_LINES = 15
 # Runtime state goes where a host keeps it: /run, a tmpfs on most hosts.
 # /dev/shm is a tmpfs that every Linux host has.
 DEFAULT_STATE_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# Untimed wait before each sample. Back to back, a sample inherits kernel
+# state from the one before it, and raw runc gains most from that.
+DEFAULT_PAUSE_MS = 50
 # Exit status after Ctrl-C, as shells report SIGINT.
 INTERRUPTED_STATUS = 130
 
@@ -629,9 +637,15 @@ class Outcome:
 
 
 async def side_by_side(
-    roots: Roots, rounds: int, warmup: int, selected: Sequence[str], seed: int
+    roots: Roots,
+    rounds: int,
+    warmup: int,
+    selected: Sequence[str],
+    seed: int,
+    pause: float = DEFAULT_PAUSE_MS / 1000,
 ) -> Outcome:
-    """Set up the selected contenders under `roots` and run the rounds."""
+    """Set up the selected contenders under `roots` and run the rounds,
+    with `pause` seconds before each sample."""
     contenders: list[Contender] = []
     unavailable: dict[str, str] = {}
     samples = Samples()
@@ -640,7 +654,7 @@ async def side_by_side(
     async with trio.open_nursery() as nursery:
         async with contextlib.AsyncExitStack() as stack:
             await _set_up(roots, selected, stack, nursery, contenders, unavailable)
-            await _run_rounds(contenders, samples, rounds, warmup, seed)
+            await _run_rounds(contenders, samples, rounds, warmup, seed, pause)
         nursery.cancel_scope.cancel()
     versions = {contender.name: contender.version for contender in contenders}
     return Outcome(samples=samples, versions=versions, unavailable=unavailable)
@@ -696,6 +710,7 @@ async def _run_rounds(
     rounds: int,
     warmup: int,
     seed: int,
+    pause: float,
 ) -> None:
     # A new random order each round. With a fixed rotation, each contender
     # would nearly always run right after the same one, and dockerd's work
@@ -705,6 +720,7 @@ async def _run_rounds(
         counted = index >= warmup
         for contender in order.sample(list(contenders), len(contenders)):
             for workload in WORKLOADS:
+                await trio.sleep(pause)
                 await time_workload(
                     samples, contender, workload, index - warmup if counted else None
                 )
@@ -919,11 +935,20 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="level of the in-process daemon's log lines; default WARNING",
     )
     parser.add_argument(
+        "--pause-ms",
+        type=int,
+        default=DEFAULT_PAUSE_MS,
+        help="untimed wait before each sample, in milliseconds; 0 runs the "
+        f"samples back to back; default {DEFAULT_PAUSE_MS}",
+    )
+    parser.add_argument(
         "--no-write", action="store_true", help="print the results only"
     )
     arguments = parser.parse_args(argv)
     if arguments.rounds < 1 or arguments.warmup < 0:
         parser.error("--rounds must be at least 1 and --warmup 0 or more")
+    if arguments.pause_ms < 0:
+        parser.error(f"--pause-ms must be 0 or more, not {arguments.pause_ms}")
     return arguments
 
 
@@ -945,6 +970,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments.warmup,
             selected,
             arguments.seed,
+            arguments.pause_ms / 1000,
         )
     except* KeyboardInterrupt:
         print("interrupted; the daemons, containers and files are removed")
@@ -957,11 +983,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED_STATUS
     document, text = _report(outcome, arguments.rounds)
     document["seed"] = arguments.seed
+    document["pause_ms"] = arguments.pause_ms
     document["state_dir"] = str(roots.state.parent)
     document["files_dir"] = str(roots.files.parent)
     text += (
         f"\nRuntime state under {roots.state.parent}, other files under "
-        f"{roots.files.parent}.\n"
+        f"{roots.files.parent}. Pause before each sample: {arguments.pause_ms} ms.\n"
     )
     print(text)
     if not arguments.no_write:
