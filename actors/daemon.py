@@ -38,6 +38,7 @@ from actors.reload_actor import (
     ReloadActor,
     build_initial_snapshot,
 )
+from actors.root_lock import RootLock
 from actors.wrappers import WrapperStore
 from messages import records
 from messages.config import DaemonConfig, DaemonFlags
@@ -516,44 +517,54 @@ async def open_daemon(
     exec_root = Path(initial_config.exec_root)
     for directory in (data_root, exec_root):
         await trio.Path(directory).mkdir(parents=True, exist_ok=True, mode=0o711)
-    if wrappers is None:
-        wrappers = WrapperStore(data_root / WRAPPER_DIRECTORY)
-    if host is None:
-        host = LinuxHost(exec_root / "runc", exec_root / "pids")
-    snapshot = await build_initial_snapshot(source, wrappers, lookup)
-    config = ConfigActor(snapshot)
-    events = EventBus()
-    reloads = ReloadActor(
-        config=config, source=source, wrappers=wrappers, events=events, lookup=lookup
-    )
-    images = ImageStore(data_root / IMAGES_DIRECTORY)
-    await images.load()
-    store = ContainerStore(data_root / "containers")
-    async with trio.open_nursery() as nursery:
-        daemon = Daemon(
+    # Before anything in the roots is read: a second daemon there would
+    # delete the first one's running containers as crash leftovers.
+    lock = await trio.to_thread.run_sync(RootLock.acquire, (data_root, exec_root))
+    try:
+        if wrappers is None:
+            wrappers = WrapperStore(data_root / WRAPPER_DIRECTORY)
+        if host is None:
+            host = LinuxHost(exec_root / "runc", exec_root / "pids")
+        snapshot = await build_initial_snapshot(source, wrappers, lookup)
+        config = ConfigActor(snapshot)
+        events = EventBus()
+        reloads = ReloadActor(
             config=config,
-            reloads=reloads,
+            source=source,
+            wrappers=wrappers,
             events=events,
-            images=images,
-            store=store,
-            host=host,
-            nursery=nursery,
+            lookup=lookup,
         )
-        loaded = await daemon._load_containers()
-        referenced = {r.lockin.binary for r in loaded if r.lockin is not None}
-        referenced.update(runtime.binary for runtime in snapshot.runtimes.values())
-        await trio.to_thread.run_sync(wrappers.collect, referenced)
-        await nursery.start(host.run_background)
-        await nursery.start(reloads.run)
-        logger.info(
-            "daemon started: data-root %s, exec-root %s, generation %d",
-            data_root,
-            exec_root,
-            snapshot.generation,
-        )
-        try:
-            yield daemon
-        finally:
-            await daemon._shut_down()
-            nursery.cancel_scope.cancel()
-            logger.info("daemon stopped")
+        images = ImageStore(data_root / IMAGES_DIRECTORY)
+        await images.load()
+        store = ContainerStore(data_root / "containers")
+        async with trio.open_nursery() as nursery:
+            daemon = Daemon(
+                config=config,
+                reloads=reloads,
+                events=events,
+                images=images,
+                store=store,
+                host=host,
+                nursery=nursery,
+            )
+            loaded = await daemon._load_containers()
+            referenced = {r.lockin.binary for r in loaded if r.lockin is not None}
+            referenced.update(runtime.binary for runtime in snapshot.runtimes.values())
+            await trio.to_thread.run_sync(wrappers.collect, referenced)
+            await nursery.start(host.run_background)
+            await nursery.start(reloads.run)
+            logger.info(
+                "daemon started: data-root %s, exec-root %s, generation %d",
+                data_root,
+                exec_root,
+                snapshot.generation,
+            )
+            try:
+                yield daemon
+            finally:
+                await daemon._shut_down()
+                nursery.cancel_scope.cancel()
+                logger.info("daemon stopped")
+    finally:
+        lock.release()

@@ -23,6 +23,7 @@ from race_scenarios import Setup
 from actors import container_actor
 from actors.container_store import ContainerStore
 from actors.daemon import Daemon, open_daemon
+from actors.root_lock import RootLock
 from actors.wrappers import WrapperStore
 from messages import records
 from messages.errors import Conflict, InvalidRequest, NotFound, RuntimeFailed
@@ -559,3 +560,52 @@ async def test_stale_bundles_are_deleted_at_start(
     async with _open(setup, machine):
         pass
     assert [path.name for path in bundles.iterdir()] == [container_id]
+
+
+async def _second_daemon_on_same_roots(
+    setup: Setup, machine: FakeMachine
+) -> tuple[list[str], Conflict | None]:
+    """Run a container in one daemon while a second opens on the same roots.
+
+    Returns the container's runtime calls before the first daemon stops,
+    and the Conflict that the second open raised.
+    """
+    error = None
+    async with _open(setup, machine) as daemon:
+        await daemon.import_image(chunks_of(tiny_image_tar()), reference="tiny")
+        container_id = await _create(daemon, cmd=("sleep", "100"))
+        assert await daemon.start_container(container_id)
+        try:
+            async with _open(setup, machine):
+                pass
+        except Conflict as raised:
+            error = raised
+        assert daemon.container(container_id).state.status == records.RUNNING
+        calls = machine.calls_for(container_id)
+    return [call.operation for call in calls], error
+
+
+async def test_second_daemon_on_same_roots_fails(
+    autojump_clock: trio.testing.MockClock, setup: Setup, machine: FakeMachine
+) -> None:
+    operations, error = await _second_daemon_on_same_roots(setup, machine)
+
+    assert error is not None
+    assert "in use by another Dockyard daemon" in str(error)
+    assert "delete" not in operations
+
+
+async def test_negative_control_unlocked_roots_lose_container(
+    autojump_clock: trio.testing.MockClock,
+    setup: Setup,
+    machine: FakeMachine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without the lock, the second daemon's start-up recovery takes the
+    # first daemon's running container for a crash leftover and deletes it.
+    monkeypatch.setattr(RootLock, "acquire", classmethod(lambda cls, roots: cls([])))
+
+    operations, error = await _second_daemon_on_same_roots(setup, machine)
+
+    assert error is None
+    assert "delete" in operations

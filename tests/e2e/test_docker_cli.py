@@ -15,7 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_process import DaemonProcess, running_daemon, start_daemon
+from daemon_process import (
+    COMMAND_TIMEOUT,
+    DOCKYARD,
+    DaemonProcess,
+    running_daemon,
+    start_daemon,
+)
 
 pytestmark = [pytest.mark.real, pytest.mark.docker_cli]
 
@@ -326,3 +332,42 @@ def test_empty_record_of_running_container_keeps_files() -> None:
         listed = daemon.docker("ps", "-a", "-q")
         assert listed.stdout.split() == []
         assert "record.json is unreadable" in daemon.log()
+
+
+def test_second_daemon_on_same_roots_exits() -> None:
+    # Started twice on the same roots, as by running `make run` twice, the
+    # second daemon must exit before it touches the first one's containers.
+    with running_daemon() as daemon:
+        started = daemon.docker(
+            "run", "-d", "--name", "kept", "busybox", "sleep", "999"
+        )
+        assert started.code == 0, started.stderr
+        root = daemon.root
+        second = subprocess.run(
+            [
+                str(DOCKYARD),
+                "daemon",
+                "--config-file",
+                str(daemon.config_file),
+                "--data-root",
+                str(root / "data"),
+                "--exec-root",
+                str(root / "exec"),
+                "--host",
+                daemon.host,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+        assert second.returncode == 1
+        assert "in use by another Dockyard daemon" in second.stderr
+        assert f"(pid {daemon.process.pid})" in second.stderr
+        listed = daemon.docker("ps", "--format", "{{.Names}} {{.Status}}")
+        assert listed.stdout.startswith("kept Up"), listed.stdout
+        executed = daemon.docker("exec", "kept", "true")
+        assert executed.code == 0, executed.stderr
+        pid_file = root / "exec" / "dockyard.pid"
+        assert pid_file.read_text() == f"{daemon.process.pid}\n"
+        assert daemon.terminate() == 0, daemon.log()
