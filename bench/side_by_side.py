@@ -33,8 +33,8 @@ Back to back, a sample inherits the kernel state of the one before it.
 runc's cgroup write skips its wait for an RCU grace period when another
 process's wait ended just before. Raw runc reaches that write soonest
 after the previous sample, so it gains most.
-A contender that cannot start is reported with its command and error, and
-the others still run.
+A contender that cannot start is reported with the reason, and the others
+still run.
 
 The in-process daemon is set up first, because it makes this process a
 child subreaper: the raw runc container's init then becomes a child of
@@ -817,6 +817,9 @@ def _ratios(stats: StatsByWorkload, samples: Samples) -> StatsByWorkload:
                 continue
             top, bottom = by_contender[numerator], by_contender[denominator]
             paired = samples.paired_ratios(workload, numerator, denominator)
+            if not paired:
+                # Each failed in every round where the other had a sample.
+                continue
             ratios.setdefault(workload, {})[f"{numerator}/{denominator}"] = {
                 "paired_median": round(statistics.median(paired), 3),
                 "median": round(top["median_ms"] / bottom["median_ms"], 3),

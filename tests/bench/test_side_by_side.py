@@ -14,7 +14,9 @@ from bench.side_by_side import (
     Samples,
     _order,
     _parse_arguments,
+    _ratios,
     _run_rounds,
+    _stats,
 )
 
 # Virtual seconds that each fake workload takes.
@@ -104,3 +106,17 @@ def test_paired_ratios_match_rounds() -> None:
 
     # Round 1 has no runc sample, so it is left out.
     assert samples.paired_ratios("run", "dockyard-api", "runc") == [1.5, 1.5]
+
+
+def test_ratios_skip_pairs_without_common_rounds() -> None:
+    samples = Samples()
+    samples.add("runc", "run", 2.0, 0)
+    samples.add("dockyard-api", "run", 3.0, 1)
+    stats = {
+        "run": {
+            name: _stats(samples.seconds[(name, "run")])
+            for name in ("runc", "dockyard-api")
+        }
+    }
+
+    assert _ratios(stats, samples) == {}
