@@ -32,9 +32,10 @@ Each sample starts after an untimed pause, `--pause-ms` (50 by default).
 Back to back, a sample inherits the kernel state of the one before it.
 runc's cgroup write skips its wait for an RCU grace period when another
 process's wait ended just before. Raw runc reaches that write soonest
-after the previous sample, so it gains most.
-A contender that cannot start is reported with the reason, and the others
-still run.
+after the previous sample, so it gains most. A contender that cannot start
+is reported with the reason, and the others still run. Ctrl-C stops the
+daemons and deletes the containers and files, and so does the end of a run
+where dockerd was killed.
 
 The in-process daemon is set up first, because it makes this process a
 child subreaper: the raw runc container's init then becomes a child of
@@ -77,6 +78,7 @@ from bench.reload_cost import percentile
 from bench.results import markdown_table, write_results
 from bench.stress import chunks, clean_up
 from messages.config import DaemonFlags
+from messages.errors import DockyardError
 from messages.execspec import ExecOptions
 from messages.requests import CreateContainer
 
@@ -113,6 +115,8 @@ DEFAULT_STATE_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # Untimed wait before each sample. Back to back, a sample inherits kernel
 # state from the one before it, and raw runc gains most from that.
 DEFAULT_PAUSE_MS = 50
+# A minute is far longer than any kernel state lasts, so more is a typo.
+MAX_PAUSE_MS = 60_000
 # Exit status after Ctrl-C, as shells report SIGINT.
 INTERRUPTED_STATUS = 130
 
@@ -331,7 +335,10 @@ class DockyardApi:
 
         async def remove_sleeper() -> None:
             with trio.CancelScope(shield=True):
-                await daemon.remove_container(record.id, force=True)
+                try:
+                    await daemon.remove_container(record.id, force=True)
+                except DockyardError as error:
+                    logger.error("removing %s's sleeper failed: %s", self.name, error)
 
         stack.push_async_callback(remove_sleeper)
 
@@ -381,8 +388,13 @@ class DockerCli:
         )
 
         async def remove_sleeper() -> None:
+            # A failure is logged, so that a daemon that died mid-run does
+            # not cost the report of the samples taken.
             with trio.CancelScope(shield=True):
-                await self.docker_command("rm", "-f", SLEEPER)
+                try:
+                    await self.docker_command("rm", "-f", SLEEPER)
+                except RuntimeError as error:
+                    logger.error("removing %s's sleeper failed: %s", self.name, error)
 
         stack.push_async_callback(remove_sleeper)
 
@@ -434,8 +446,14 @@ async def start_dockyard_cli(
     log_path = root / "daemon.log"
     argv = [str(DOCKYARD), "daemon", *directories, "--host", f"unix://{socket}"]
     with log_path.open("ab") as log:
+        # A session of its own: Ctrl-C in a terminal then reaches only this
+        # process, which stops the daemon after its clean-up used it.
         process = await trio.lowlevel.open_process(
-            argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     stack.push_async_callback(stop_process, process, "dockyard daemon")
 
@@ -515,7 +533,11 @@ async def start_dockerd(
     log_path = root / "dockerd.log"
     with log_path.open("ab") as log:
         process = await trio.lowlevel.open_process(
-            launched, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            launched,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     stack.push_async_callback(stop_dockerd, process, roots)
 
@@ -699,7 +721,13 @@ async def _set_up(
                 contenders.append(
                     await start_dockerd(roots.part("dockerd"), docker, stack)
                 )
-        except (Unavailable, RuntimeError, OSError) as error:
+        except (
+            Unavailable,
+            RuntimeError,
+            OSError,
+            DockyardError,
+            subprocess.SubprocessError,
+        ) as error:
             unavailable[name] = str(error)
             print(f"{name} is unavailable: {error}", file=sys.stderr, flush=True)
 
@@ -883,6 +911,9 @@ def clean_up_all(roots: Roots) -> None:
             check=False,
             timeout=COMMAND_TIMEOUT_SECONDS,
         )
+    if runc is not None:
+        _delete_dockerd_containers(runc, roots.state / "dockerd")
+    _kill_shims(roots.state / "dockerd")
     for part in ("api", "api-tmpfs", "cli"):
         # Runtime state first: clean_up deletes the runc containers it lists
         # there, and then the mounts under the files.
@@ -891,6 +922,37 @@ def clean_up_all(roots: Roots) -> None:
                 clean_up(directory)
     clean_up(roots.state)
     clean_up(roots.files)
+
+
+def _delete_dockerd_containers(runc: str, state: Path) -> None:
+    """Delete the runc containers that a killed dockerd left. Blocking."""
+    # dockerd 20.10 keeps runc's state under <exec-root>/runtime-runc/moby.
+    for state_file in state.glob("docker-exec/runtime-runc/*/*/state.json"):
+        container = state_file.parent
+        logger.error("deleting container %s, which dockerd left", container.name)
+        subprocess.run(
+            [runc, "--root", str(container.parent), "delete", "-f", container.name],
+            capture_output=True,
+            check=False,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+        )
+
+
+def _kill_shims(state: Path) -> None:
+    """Kill the containerd shims of a killed dockerd, found by the socket
+    path on their command line. Blocking."""
+    marker = str(state).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"containerd-shim" in argv[0] and any(marker in part for part in argv):
+            logger.error("killing containerd shim %s, which dockerd left", entry.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -950,19 +1012,34 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     if arguments.rounds < 1 or arguments.warmup < 0:
         parser.error("--rounds must be at least 1 and --warmup 0 or more")
-    if arguments.pause_ms < 0:
-        parser.error(f"--pause-ms must be 0 or more, not {arguments.pause_ms}")
+    for option, directory in (
+        ("--tmp-dir", arguments.tmp_dir),
+        ("--state-dir", arguments.state_dir),
+    ):
+        if directory is not None and not os.path.isdir(directory):
+            parser.error(f"{option} {directory} is not a directory; make it first")
+    if not 0 <= arguments.pause_ms <= MAX_PAUSE_MS:
+        parser.error(
+            f"--pause-ms must be from 0 to {MAX_PAUSE_MS}, not {arguments.pause_ms}"
+        )
     return arguments
+
+
+def _workspace(parent: str | None) -> Path:
+    """Make a temporary directory under `parent` and return its absolute path."""
+    return Path(tempfile.mkdtemp(prefix="dysbs-", dir=parent)).resolve()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parse_arguments(argv)
     logging.basicConfig(level=arguments.log_level.upper())
-    selected = _order(arguments.contender or list(DEFAULT_CONTENDERS))
-    # Short paths, because a Unix socket path is limited to 107 bytes.
+    # A contender named twice runs once.
+    selected = _order(list(dict.fromkeys(arguments.contender or DEFAULT_CONTENDERS)))
+    # Short paths, because a Unix socket path is limited to 107 bytes. They
+    # are absolute, as runc reads the rootfs path relative to the bundle.
     roots = Roots(
-        files=Path(tempfile.mkdtemp(prefix="dysbs-", dir=arguments.tmp_dir)),
-        state=Path(tempfile.mkdtemp(prefix="dysbs-", dir=arguments.state_dir)),
+        files=_workspace(arguments.tmp_dir),
+        state=_workspace(arguments.state_dir),
     )
     outcome = None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import attrs
 import pytest
@@ -79,6 +80,16 @@ def test_pause_option_default_and_negative() -> None:
     assert _parse_arguments(["--pause-ms", "0"]).pause_ms == 0
     with pytest.raises(SystemExit):
         _parse_arguments(["--pause-ms", "-1"])
+    with pytest.raises(SystemExit):
+        _parse_arguments(["--pause-ms", "60001"])
+
+
+def test_missing_workspace_parent_rejected(tmp_path: Path) -> None:
+    assert _parse_arguments(["--tmp-dir", str(tmp_path)]).tmp_dir == str(tmp_path)
+    with pytest.raises(SystemExit):
+        _parse_arguments(["--tmp-dir", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):
+        _parse_arguments(["--state-dir", str(tmp_path / "missing")])
 
 
 def test_tmpfs_contender_is_opt_in() -> None:
