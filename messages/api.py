@@ -350,6 +350,7 @@ def _quote(value: Any) -> str:
 def decode_create_container(body: Any, *, name: str = "") -> CreateContainer:
     """Decode the body of `POST /containers/create`; `name` is its query value."""
     decoded: _CreateBody = _structure_body(body, _CreateBody, "create container")
+    _reject_ignored_host_config(body.get("HostConfig") if body else None)
     if not decoded.image:
         raise InvalidRequest(
             "invalid create container request: Image is missing. Give the image to run."
@@ -389,6 +390,95 @@ def decode_create_container(body: Any, *, name: str = "") -> CreateContainer:
         stop_signal=stop_signal,
         stop_timeout=stop_timeout,
     )
+
+
+def _is_set(value: Any) -> bool:
+    return value not in (None, False, 0, "", [], {})
+
+
+def _is_set_pids_limit(value: Any) -> bool:
+    # 0 and -1 both mean no limit.
+    return value not in (None, 0, -1)
+
+
+def _is_set_restart_policy(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("Name") not in (None, "", "no")
+
+
+def _is_set_ipc_mode(value: Any) -> bool:
+    return value not in (None, "", "private")
+
+
+def _is_set_network_mode(value: Any) -> bool:
+    # A container gets a network namespace with only a loopback interface,
+    # which is what `none` asks for. The default modes are let through with
+    # it too, so that a plain `docker run` works.
+    return value not in (None, "", "default", "bridge", "none")
+
+
+# HostConfig fields that Dockyard would ignore, with the docker CLI option
+# that sets each and the test for a value other than the default.
+_IGNORED_HOST_CONFIG: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "Binds": ("-v/--volume", _is_set),
+    "Mounts": ("--mount", _is_set),
+    "VolumesFrom": ("--volumes-from", _is_set),
+    "Tmpfs": ("--tmpfs", _is_set),
+    "ReadonlyRootfs": ("--read-only", _is_set),
+    "CapAdd": ("--cap-add", _is_set),
+    "CapDrop": ("--cap-drop", _is_set),
+    "Devices": ("--device", _is_set),
+    "DeviceRequests": ("--gpus", _is_set),
+    "PortBindings": ("-p/--publish", _is_set),
+    "PublishAllPorts": ("-P/--publish-all", _is_set),
+    "Links": ("--link", _is_set),
+    "Dns": ("--dns", _is_set),
+    "DnsSearch": ("--dns-search", _is_set),
+    "DnsOptions": ("--dns-option", _is_set),
+    "ExtraHosts": ("--add-host", _is_set),
+    "Memory": ("-m/--memory", _is_set),
+    "MemorySwap": ("--memory-swap", _is_set),
+    "MemoryReservation": ("--memory-reservation", _is_set),
+    "NanoCpus": ("--cpus", _is_set),
+    "CpuShares": ("-c/--cpu-shares", _is_set),
+    "CpuPeriod": ("--cpu-period", _is_set),
+    "CpuQuota": ("--cpu-quota", _is_set),
+    "CpusetCpus": ("--cpuset-cpus", _is_set),
+    "CpusetMems": ("--cpuset-mems", _is_set),
+    "BlkioWeight": ("--blkio-weight", _is_set),
+    "PidsLimit": ("--pids-limit", _is_set_pids_limit),
+    "Ulimits": ("--ulimit", _is_set),
+    "OomKillDisable": ("--oom-kill-disable", _is_set),
+    "OomScoreAdj": ("--oom-score-adj", _is_set),
+    "ShmSize": ("--shm-size", _is_set),
+    "Sysctls": ("--sysctl", _is_set),
+    "GroupAdd": ("--group-add", _is_set),
+    "Init": ("--init", _is_set),
+    "RestartPolicy": ("--restart", _is_set_restart_policy),
+    "PidMode": ("--pid", _is_set),
+    "IpcMode": ("--ipc", _is_set_ipc_mode),
+    "UTSMode": ("--uts", _is_set),
+    "UsernsMode": ("--userns", _is_set),
+    "CgroupParent": ("--cgroup-parent", _is_set),
+    "NetworkMode": ("--network", _is_set_network_mode),
+}
+
+
+def _reject_ignored_host_config(host_config: Any) -> None:
+    """Raise InvalidRequest naming each HostConfig option that Dockyard
+    would otherwise ignore, such as a volume, a capability or a limit."""
+    if not isinstance(host_config, dict):
+        return
+    ignored = [
+        f"{option} (HostConfig.{field})"
+        for field, (option, is_set) in _IGNORED_HOST_CONFIG.items()
+        if is_set(host_config.get(field))
+    ]
+    if ignored:
+        raise InvalidRequest(
+            f"{', '.join(ignored)}: not supported by Dockyard, which would "
+            "run the container without it. Run the container without these "
+            "options."
+        )
 
 
 def _decode_stop_signal(value: str) -> str:

@@ -216,6 +216,27 @@ def test_tty_rejected(daemon: DaemonProcess) -> None:
     assert "TTY is not supported" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "option"),
+    [
+        (("--cap-drop", "ALL"), "--cap-drop"),
+        (("--read-only",), "--read-only"),
+        (("-v", "/etc:/hostetc"), "-v/--volume"),
+        (("--memory", "10m"), "-m/--memory"),
+        (("-p", "8080:80"), "-p/--publish"),
+    ],
+)
+def test_ignored_options_rejected(
+    daemon: DaemonProcess, flags: tuple[str, ...], option: str
+) -> None:
+    before = names(daemon, "-a")
+    result = daemon.docker("run", "--rm", *flags, "busybox", "true")
+    assert result.code == 125
+    assert option in result.stderr
+    assert "not supported by Dockyard" in result.stderr
+    assert names(daemon, "-a") == before
+
+
 def test_import_then_run(daemon: DaemonProcess) -> None:
     from actors.busybox import build_busybox_tar
 

@@ -776,3 +776,52 @@ def test_parse_tail_rejects_words() -> None:
 def test_parse_tail_rejects_numbers(value: str) -> None:
     with pytest.raises(InvalidRequest, match="invalid query parameter tail="):
         api.parse_tail(value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "option"),
+    [
+        ("Binds", ["/etc:/hostetc"], "-v/--volume"),
+        ("CapDrop", ["ALL"], "--cap-drop"),
+        ("CapAdd", ["NET_ADMIN"], "--cap-add"),
+        ("ReadonlyRootfs", True, "--read-only"),
+        ("Memory", 10485760, "-m/--memory"),
+        ("PortBindings", {"80/tcp": [{"HostPort": "8080"}]}, "-p/--publish"),
+        ("PidsLimit", 10, "--pids-limit"),
+        ("RestartPolicy", {"Name": "always"}, "--restart"),
+        ("IpcMode", "host", "--ipc"),
+        ("NetworkMode", "host", "--network"),
+    ],
+)
+def test_create_rejects_ignored_host_option(
+    field: str, value: object, option: str
+) -> None:
+    body = {"Image": "busybox", "HostConfig": {field: value}}
+
+    with pytest.raises(InvalidRequest) as raised:
+        api.decode_create_container(body)
+
+    assert f"{option} (HostConfig.{field})" in str(raised.value)
+    assert "not supported by Dockyard" in str(raised.value)
+
+
+def test_create_accepts_cli_default_host_config() -> None:
+    # Defaults as the docker CLI sends them for a plain `docker run`.
+    defaults = {
+        "Binds": None,
+        "CapAdd": None,
+        "CapDrop": None,
+        "Memory": 0,
+        "MemorySwap": 0,
+        "PidsLimit": None,
+        "PortBindings": {},
+        "ReadonlyRootfs": False,
+        "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+        "IpcMode": "",
+        "NetworkMode": "none",
+        "Privileged": True,
+    }
+
+    request = api.decode_create_container({"Image": "busybox", "HostConfig": defaults})
+
+    assert request.privileged
