@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import attrs
 
 from messages.errors import InvalidRequest
-from messages.execspec import merge_env
+from messages.execspec import check_working_dir, merge_env
 from messages.images import ImageRecord
 from messages.records import ContainerConfig
 
@@ -102,13 +102,17 @@ def container_config(request: CreateContainer, image: ImageRecord) -> ContainerC
             f"no command given and image {request.image!r} has none; give the "
             "command to run after the image name"
         )
+    working_dir = request.working_dir or image.working_dir
+    # Checked now, as the start would fail on it and leave a created container.
+    if working_dir:
+        check_working_dir(working_dir)
     return ContainerConfig(
         image=request.image,
         image_id=image.id,
         cmd=cmd,
         entrypoint=entrypoint,
         env=merge_env(image.env, request.env),
-        working_dir=request.working_dir or image.working_dir,
+        working_dir=working_dir,
         user=request.user or image.user,
         hostname=request.hostname,
         labels=request.labels,

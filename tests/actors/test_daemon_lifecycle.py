@@ -609,3 +609,10 @@ async def test_negative_control_unlocked_roots_lose_container(
 
     assert error is None
     assert "delete" in operations
+
+
+async def test_relative_working_dir_rejected_at_create(daemon: Daemon) -> None:
+    with pytest.raises(InvalidRequest, match="must be an absolute path"):
+        await _create(daemon, working_dir="../../etc")
+
+    assert daemon.containers(all=True) == []
