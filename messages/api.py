@@ -350,7 +350,7 @@ def _quote(value: Any) -> str:
 def decode_create_container(body: Any, *, name: str = "") -> CreateContainer:
     """Decode the body of `POST /containers/create`; `name` is its query value."""
     decoded: _CreateBody = _structure_body(body, _CreateBody, "create container")
-    _reject_ignored_host_config(body.get("HostConfig") if body else None)
+    _reject_ignored_options(body or {})
     if not decoded.image:
         raise InvalidRequest(
             "invalid create container request: Image is missing. Give the image to run."
@@ -402,7 +402,58 @@ def _is_set_pids_limit(value: Any) -> bool:
 
 
 def _is_set_restart_policy(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("Name") not in (None, "", "no")
+    if isinstance(value, dict):
+        return _field(value, "Name") not in (None, "", "no")
+    return _is_set(value)
+
+
+def _is_set_cgroupns_mode(value: Any) -> bool:
+    return value not in (None, "", "private")
+
+
+def _is_set_log_config(value: Any) -> bool:
+    # Dockyard keeps every container's output in its own log file.
+    if isinstance(value, dict):
+        return _field(value, "Type") not in (None, "", "json-file") or _is_set(
+            _field(value, "Config")
+        )
+    return _is_set(value)
+
+
+def _is_set_isolation(value: Any) -> bool:
+    return value not in (None, "", "default")
+
+
+def _is_set_healthcheck(value: Any) -> bool:
+    # ["NONE"] turns off an image's health check, which Dockyard never runs.
+    if isinstance(value, dict):
+        return _field(value, "Test") not in (None, [], ["NONE"])
+    return _is_set(value)
+
+
+def _is_set_endpoints(value: Any) -> bool:
+    # Only the network modes let through for NetworkMode, with no settings.
+    if not isinstance(value, dict):
+        return _is_set(value)
+    return any(
+        name not in ("none", "bridge", "default") or _is_set_settings(settings)
+        for name, settings in value.items()
+    )
+
+
+def _is_set_settings(settings: Any) -> bool:
+    # The docker CLI sends every endpoint field, empty unless an option set it.
+    if isinstance(settings, dict):
+        return any(_is_set(value) for value in settings.values())
+    return _is_set(settings)
+
+
+def _field(document: dict[str, Any], name: str) -> Any:
+    """Return the value of key `name` in any letter case, as dockerd reads it."""
+    for key, value in document.items():
+        if key.lower() == name.lower():
+            return value
+    return None
 
 
 def _is_set_ipc_mode(value: Any) -> bool:
@@ -411,7 +462,7 @@ def _is_set_ipc_mode(value: Any) -> bool:
 
 def _is_set_network_mode(value: Any) -> bool:
     # A container gets a network namespace with only a loopback interface,
-    # which is what `none` asks for. The default modes are let through with
+    # which is what `none` requests. The default modes are let through with
     # it too, so that a plain `docker run` works.
     return value not in (None, "", "default", "bridge", "none")
 
@@ -460,19 +511,57 @@ _IGNORED_HOST_CONFIG: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "UsernsMode": ("--userns", _is_set),
     "CgroupParent": ("--cgroup-parent", _is_set),
     "NetworkMode": ("--network", _is_set_network_mode),
+    "CgroupnsMode": ("--cgroupns", _is_set_cgroupns_mode),
+    "LogConfig": ("--log-driver/--log-opt", _is_set_log_config),
+    "DeviceCgroupRules": ("--device-cgroup-rule", _is_set),
+    "BlkioWeightDevice": ("--blkio-weight-device", _is_set),
+    "BlkioDeviceReadBps": ("--device-read-bps", _is_set),
+    "BlkioDeviceWriteBps": ("--device-write-bps", _is_set),
+    "BlkioDeviceReadIOps": ("--device-read-iops", _is_set),
+    "BlkioDeviceWriteIOps": ("--device-write-iops", _is_set),
+    # -1, which the docker CLI sends by default, keeps the host's value.
+    "MemorySwappiness": ("--memory-swappiness", lambda value: value not in (None, -1)),
+    "KernelMemory": ("--kernel-memory", _is_set),
+    "CpuRealtimeRuntime": ("--cpu-rt-runtime", _is_set),
+    "CpuRealtimePeriod": ("--cpu-rt-period", _is_set),
+    "StorageOpt": ("--storage-opt", _is_set),
+    "Isolation": ("--isolation", _is_set_isolation),
+    "VolumeDriver": ("--volume-driver", _is_set),
+    "Annotations": ("--annotation", _is_set),
+}
+
+# Fields of the create body itself that Dockyard would ignore, as above.
+_IGNORED_CONFIG: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "Volumes": ("-v/--volume", _is_set),
+    "ExposedPorts": ("--expose", _is_set),
+    "Domainname": ("--domainname", _is_set),
+    "Healthcheck": ("--health-cmd", _is_set_healthcheck),
 }
 
 
-def _reject_ignored_host_config(host_config: Any) -> None:
-    """Raise InvalidRequest naming each HostConfig option that Dockyard
-    would otherwise ignore, such as a volume, a capability or a limit."""
-    if not isinstance(host_config, dict):
-        return
+def _reject_ignored_options(body: dict[str, Any]) -> None:
+    """Raise InvalidRequest naming each option of a create body that Dockyard
+    would otherwise ignore, such as a volume, a capability or a limit.
+
+    Keys match in any letter case, as dockerd matches them.
+    """
     ignored = [
-        f"{option} (HostConfig.{field})"
-        for field, (option, is_set) in _IGNORED_HOST_CONFIG.items()
-        if is_set(host_config.get(field))
+        f"{option} ({field})"
+        for field, (option, is_set) in _IGNORED_CONFIG.items()
+        if is_set(_field(body, field))
     ]
+    host_config = _field(body, "HostConfig")
+    if isinstance(host_config, dict):
+        ignored.extend(
+            f"{option} (HostConfig.{field})"
+            for field, (option, is_set) in _IGNORED_HOST_CONFIG.items()
+            if is_set(_field(host_config, field))
+        )
+    networking = _field(body, "NetworkingConfig")
+    if isinstance(networking, dict) and _is_set_endpoints(
+        _field(networking, "EndpointsConfig")
+    ):
+        ignored.append("--network/--ip (NetworkingConfig.EndpointsConfig)")
     if ignored:
         raise InvalidRequest(
             f"{', '.join(ignored)}: not supported by Dockyard, which would "

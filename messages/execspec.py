@@ -212,6 +212,10 @@ def check_working_dir(path: str) -> str:
             f"invalid working directory {path!r}: it must be an absolute path, "
             "such as /app"
         )
+    if "\0" in path:
+        raise InvalidRequest(
+            f"invalid working directory {path!r}: it contains a NUL byte. Remove it."
+        )
     return path
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -21,6 +21,8 @@ from messages.records import ContainerConfig
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 APPARMOR_OPTION = "apparmor"
 # The PATH a container gets when neither the image nor the request sets one.
+# Characters of a bad value quoted in an error message.
+MAX_SHOWN_CHARS = 80
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quiet")
 _NOUNS = ("anchor", "buoy", "crane", "dock", "hull", "keel", "mast", "pier")
@@ -103,9 +105,17 @@ def container_config(request: CreateContainer, image: ImageRecord) -> ContainerC
             "command to run after the image name"
         )
     working_dir = request.working_dir or image.working_dir
-    # Checked now, as the start would fail on it and leave a created container.
+    # Checked now, as the start would fail on them and leave a created
+    # container that can never start.
     if working_dir:
         check_working_dir(working_dir)
+    for field, values in (
+        ("command", (*entrypoint, *cmd)),
+        ("environment variable", request.env),
+        ("user", (request.user,)),
+        ("hostname", (request.hostname,)),
+    ):
+        _reject_nul(field, values)
     return ContainerConfig(
         image=request.image,
         image_id=image.id,
@@ -123,6 +133,20 @@ def container_config(request: CreateContainer, image: ImageRecord) -> ContainerC
         stop_signal=request.stop_signal or "SIGTERM",
         stop_timeout=request.stop_timeout,
     )
+
+
+def _reject_nul(field: str, values: Iterable[str]) -> None:
+    for value in values:
+        if "\0" in value:
+            quoted = (
+                value
+                if len(value) <= MAX_SHOWN_CHARS
+                else value[:MAX_SHOWN_CHARS] + "..."
+            )
+            raise InvalidRequest(
+                f"invalid {field} {quoted!r}: it contains a NUL byte, which a "
+                "process cannot receive. Remove it."
+            )
 
 
 def with_default_path(env: tuple[str, ...]) -> tuple[str, ...]:

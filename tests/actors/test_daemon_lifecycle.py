@@ -616,3 +616,22 @@ async def test_relative_working_dir_rejected_at_create(daemon: Daemon) -> None:
         await _create(daemon, working_dir="../../etc")
 
     assert daemon.containers(all=True) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"working_dir": "/a\0b"}, "working directory"),
+        ({"cmd": ("echo", "a\0b")}, "command"),
+        ({"env": ("A=a\0b",)}, "environment variable"),
+        ({"user": "ro\0ot"}, "user"),
+        ({"hostname": "h\0h"}, "hostname"),
+    ],
+)
+async def test_nul_byte_rejected_at_create(
+    daemon: Daemon, fields: dict[str, object], named: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=f"invalid {named} .*NUL byte"):
+        await _create(daemon, **fields)
+
+    assert daemon.containers(all=True) == []

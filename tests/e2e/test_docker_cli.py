@@ -224,6 +224,10 @@ def test_tty_rejected(daemon: DaemonProcess) -> None:
         (("-v", "/etc:/hostetc"), "-v/--volume"),
         (("--memory", "10m"), "-m/--memory"),
         (("-p", "8080:80"), "-p/--publish"),
+        (("-v", "/data"), "-v/--volume (Volumes)"),
+        (("--log-driver", "none"), "--log-driver/--log-opt"),
+        (("--health-cmd", "false"), "--health-cmd"),
+        (("--cgroupns", "host"), "--cgroupns"),
     ],
 )
 def test_ignored_options_rejected(

@@ -791,6 +791,10 @@ def test_parse_tail_rejects_numbers(value: str) -> None:
         ("RestartPolicy", {"Name": "always"}, "--restart"),
         ("IpcMode", "host", "--ipc"),
         ("NetworkMode", "host", "--network"),
+        ("CgroupnsMode", "host", "--cgroupns"),
+        ("LogConfig", {"Type": "none", "Config": {}}, "--log-driver/--log-opt"),
+        ("MemorySwappiness", 0, "--memory-swappiness"),
+        ("RestartPolicy", "always", "--restart"),
     ],
 )
 def test_create_rejects_ignored_host_option(
@@ -820,8 +824,50 @@ def test_create_accepts_cli_default_host_config() -> None:
         "IpcMode": "",
         "NetworkMode": "none",
         "Privileged": True,
+        "MemorySwappiness": -1,
+        "LogConfig": {"Type": "", "Config": {}},
+        "CgroupnsMode": "",
+    }
+    body = {
+        "Image": "busybox",
+        "HostConfig": defaults,
+        "Healthcheck": {"Test": ["NONE"]},
+        "NetworkingConfig": {
+            "EndpointsConfig": {"none": {"IPAMConfig": None, "MacAddress": ""}}
+        },
     }
 
-    request = api.decode_create_container({"Image": "busybox", "HostConfig": defaults})
+    request = api.decode_create_container(body)
 
     assert request.privileged
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"Volumes": {"/data": {}}}, "-v/--volume (Volumes)"),
+        ({"ExposedPorts": {"80/tcp": {}}}, "--expose (ExposedPorts)"),
+        ({"Healthcheck": {"Test": ["CMD", "false"]}}, "--health-cmd (Healthcheck)"),
+        (
+            {"NetworkingConfig": {"EndpointsConfig": {"host": {}}}},
+            "NetworkingConfig.EndpointsConfig",
+        ),
+        (
+            {
+                "NetworkingConfig": {
+                    "EndpointsConfig": {
+                        "bridge": {"IPAMConfig": {"IPv4Address": "10.0.0.5"}}
+                    }
+                }
+            },
+            "NetworkingConfig.EndpointsConfig",
+        ),
+        # dockerd reads keys in any letter case, so a check must as well.
+        ({"hostconfig": {"capdrop": ["ALL"]}}, "--cap-drop (HostConfig.CapDrop)"),
+    ],
+)
+def test_create_rejects_ignored_config(extra: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        api.decode_create_container({"Image": "busybox", **extra})
+
+    assert named in str(raised.value)
