@@ -545,29 +545,35 @@ def _reject_ignored_options(body: dict[str, Any]) -> None:
 
     Keys match in any letter case, as dockerd matches them.
     """
-    ignored = [
-        f"{option} ({field})"
-        for field, (option, is_set) in _IGNORED_CONFIG.items()
-        if is_set(_field(body, field))
-    ]
+    ignored = _set_fields(body, _IGNORED_CONFIG, "")
     host_config = _field(body, "HostConfig")
     if isinstance(host_config, dict):
-        ignored.extend(
-            f"{option} (HostConfig.{field})"
-            for field, (option, is_set) in _IGNORED_HOST_CONFIG.items()
-            if is_set(_field(host_config, field))
-        )
+        ignored.extend(_set_fields(host_config, _IGNORED_HOST_CONFIG, "HostConfig."))
     networking = _field(body, "NetworkingConfig")
     if isinstance(networking, dict) and _is_set_endpoints(
         _field(networking, "EndpointsConfig")
     ):
         ignored.append("--network/--ip (NetworkingConfig.EndpointsConfig)")
     if ignored:
+        them = "it" if len(ignored) == 1 else "them"
         raise InvalidRequest(
             f"{', '.join(ignored)}: not supported by Dockyard, which would "
-            "run the container without it. Run the container without these "
-            "options."
+            f"run the container without {them}. Run the container without {them}."
         )
+
+
+def _set_fields(
+    document: dict[str, Any],
+    table: dict[str, tuple[str, Callable[[Any], bool]]],
+    prefix: str,
+) -> list[str]:
+    """Return "option (field)" for each field of `table` set in `document`."""
+    lowered = {key.lower(): value for key, value in document.items()}
+    return [
+        f"{option} ({prefix}{field})"
+        for field, (option, is_set) in table.items()
+        if is_set(lowered.get(field.lower()))
+    ]
 
 
 def _decode_stop_signal(value: str) -> str:
